@@ -1,0 +1,50 @@
+"""Shared fixtures: the synthetic catalogs of both provider flavours and a real local STAC API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aef_pipeline.testing import CatalogSpec, SyntheticCatalog, build_catalog, serve_catalogs
+
+# ../shared beside the checkout holds real provider items to compare against.
+SHARED = Path(os.environ.get("AEF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+@pytest.fixture(scope="session")
+def earth_search_catalog(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
+    return build_catalog(tmp_path_factory.mktemp("es"), "earth-search", CatalogSpec())
+
+
+@pytest.fixture(scope="session")
+def planetary_computer_catalog(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
+    return build_catalog(tmp_path_factory.mktemp("pc"), "planetary-computer", CatalogSpec())
+
+
+@pytest.fixture(scope="session", params=["earth-search", "planetary-computer"])
+def catalog(
+    request: pytest.FixtureRequest, earth_search_catalog: SyntheticCatalog, planetary_computer_catalog: SyntheticCatalog
+) -> SyntheticCatalog:
+    return earth_search_catalog if request.param == "earth-search" else planetary_computer_catalog
+
+
+@pytest.fixture(scope="session")
+def stac_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    earth_search_catalog: SyntheticCatalog,
+    planetary_computer_catalog: SyntheticCatalog,
+) -> Iterator[str]:
+    """URL of a rustac STAC API serving both synthetic collections."""
+    with serve_catalogs([earth_search_catalog, planetary_computer_catalog], tmp_path_factory.mktemp("api")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def real_examples() -> Path:
+    folder = SHARED / "stac-examples"
+    if not folder.is_dir():
+        pytest.skip(f"real STAC examples not found at {folder} (set AEF_SHARED to the shared/ folder)")
+    return folder
