@@ -46,5 +46,8 @@ def stac_api(
 def real_examples() -> Path:
     folder = SHARED / "stac-examples"
     if not folder.is_dir():
-        pytest.skip(f"real STAC examples not found at {folder} (set AEF_SHARED to the shared/ folder)")
+        message = f"real STAC examples not found at {folder} (set AEF_SHARED to the shared/ folder)"
+        if os.environ.get("CI"):  # CI always has ../shared beside the clone: its absence is an error
+            pytest.fail(message)
+        pytest.skip(message)
     return folder

@@ -62,7 +62,6 @@ def test_parse_years_rejects_empty() -> None:
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "aef_pipeline.cli", "--version"], capture_output=True, text=True, check=True
-    )
+    script = Path(sys.executable).parent / "aef-pipeline"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("aef-pipeline ")

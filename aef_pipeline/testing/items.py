@@ -219,22 +219,11 @@ def _earth_search_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDi
         "href": files["visual"].href, "type": COG, "title": "True color image",
         "eo:bands": _rgb_bands(pc=False), **visual, "roles": ["visual"],
     }  # fmt: skip
-    assets["wvp"] = {
-        "href": files["WVP"].href, "type": COG, "title": "Water Vapour (WVP)",
-        **raster("WVP", 20, unit="cm", scale=0.001, offset=0), "roles": ["data"],
-    }  # fmt: skip
-    assets["aot"] = {
-        "href": files["AOT"].href, "type": COG, "title": "Aerosol optical thickness (AOT)",
-        **raster("AOT", 20, scale=0.001, offset=0), "roles": ["data"],
-    }  # fmt: skip
-    assets["scl"] = {
-        "href": files["SCL"].href, "type": COG, "title": "Scene classification map (SCL)",
-        **raster("SCL", 20, "uint8"), "roles": ["data"],
-    }  # fmt: skip
-    assets["cloud"] = {
-        "href": files["cloud"].href, "type": COG, "title": "Cloud Probabilities",
-        **raster("cloud", 20, "uint8"), "roles": ["data", "cloud"],
-    }  # fmt: skip
+    for key, file_key, title, data_type, roles, band_fields in _ES_AUX_RASTERS:
+        assets[key] = {
+            "href": files[file_key].href, "type": COG, "title": title,
+            **raster(file_key, 20, data_type, **band_fields), "roles": roles,
+        }  # fmt: skip
     snow = raster("snow", 20, "uint8")
     del snow["gsd"]  # Earth Search writes no gsd on the snow asset
     assets["snow"] = {"href": files["snow"].href, "type": COG, "title": "Snow Probabilities", **snow,
@@ -252,6 +241,14 @@ def _earth_search_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDi
     }  # fmt: skip
     return dict(sorted(assets.items(), key=lambda kv: _ES_KEY_ORDER.index(kv[0])))
 
+
+# Earth Search's 20 m auxiliary rasters: key, file, title, data type, roles, raster:bands extras.
+_ES_AUX_RASTERS: tuple[tuple[str, str, str, str, list[str], dict[str, Any]], ...] = (
+    ("wvp", "WVP", "Water Vapour (WVP)", "uint16", ["data"], {"unit": "cm", "scale": 0.001, "offset": 0}),
+    ("aot", "AOT", "Aerosol optical thickness (AOT)", "uint16", ["data"], {"scale": 0.001, "offset": 0}),
+    ("scl", "SCL", "Scene classification map (SCL)", "uint8", ["data"], {}),
+    ("cloud", "cloud", "Cloud Probabilities", "uint8", ["data", "cloud"], {}),
+)
 
 # The asset order of real Earth Search items, for readable diffs against them.
 _ES_KEY_ORDER = [
