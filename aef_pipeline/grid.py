@@ -1,0 +1,122 @@
+"""The fixed global output grid: square tiles of 10 m pixels per UTM zone and hemisphere.
+
+Pure planning, no I/O. Each (zone, hemisphere) has one odc-geo `GridSpec` anchored at the
+projection's origin, so a tile's pixels never depend on the request that produced it: two runs
+that touch the same ground write the same pixels of the same tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from odc.geo import XY
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry, box
+from odc.geo.gridspec import GridSpec
+
+from aef_pipeline.errors import UserInputError
+
+RESOLUTION_M = 10
+# 1920 px = 19.2 km: a whole number of the encoder's 96 px window cores and 128 px windows.
+TILE_PIXELS = 1920
+# UTM is defined from 80 S to 84 N; polar areas need UPS, which the product does not cover.
+UTM_LATITUDES = (-80.0, 84.0)
+
+
+@dataclass(frozen=True, order=True)
+class TileId:
+    """A tile of the global grid: stable across runs and readable, e.g. "33N_c026_r0266"."""
+
+    zone: int
+    """UTM zone, 1-60."""
+    hemisphere: str
+    """"N" or "S" (EPSG:326zz or EPSG:327zz)."""
+    col: int
+    """Tile column: easting // (TILE_PIXELS * RESOLUTION_M)."""
+    row: int
+    """Tile row: northing // (TILE_PIXELS * RESOLUTION_M), counted northwards."""
+
+    def __str__(self) -> str:
+        return f"{self.zone:02d}{self.hemisphere}_c{self.col:03d}_r{self.row:04d}"
+
+    @property
+    def epsg(self) -> int:
+        return (32600 if self.hemisphere == "N" else 32700) + self.zone
+
+    @property
+    def geobox(self) -> GeoBox:
+        """The tile's pixels (its core, without any halo)."""
+        return zone_grid(self.zone, self.hemisphere).tile_geobox((self.col, self.row))
+
+
+@dataclass(frozen=True)
+class BBox:
+    """A lon/lat area of interest. `west > east` only with `crosses_antimeridian=True`."""
+
+    west: float
+    south: float
+    east: float
+    north: float
+    crosses_antimeridian: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bbox(self)
+
+
+@lru_cache(maxsize=128)
+def zone_grid(zone: int, hemisphere: str) -> GridSpec:
+    """The GridSpec of one UTM zone and hemisphere, anchored at the projection origin."""
+    crs = f"EPSG:{(32600 if hemisphere == 'N' else 32700) + zone}"
+    return GridSpec(crs, tile_shape=(TILE_PIXELS, TILE_PIXELS), resolution=RESOLUTION_M, origin=XY(0.0, 0.0))
+
+
+def tiles_for_bbox(bbox: BBox) -> list[TileId]:
+    """Every tile whose pixels the bbox touches, in each UTM zone and hemisphere it spans, sorted."""
+    found: set[TileId] = set()
+    for zone, hemisphere, part in _zone_parts(bbox):
+        grid = zone_grid(zone, hemisphere)
+        projected = part.to_crs(grid.crs, resolution=RESOLUTION_M * 50)
+        for (col, row), tile in grid.tiles(projected.boundingbox):
+            if tile.extent.intersects(projected):
+                found.add(TileId(zone, hemisphere, col, row))
+    return sorted(found)
+
+
+def _zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
+    """The bbox cut at UTM zone edges (every 6 degrees) and at the equator."""
+    spans = [(bbox.west, 180.0), (-180.0, bbox.east)] if bbox.crosses_antimeridian else [(bbox.west, bbox.east)]
+    parts = []
+    for west, east in spans:
+        first, last = _zone_of(west), _zone_of(min(east, 179.999999))
+        for zone in range(first, last + 1):
+            lo, hi = max(west, -180.0 + 6 * (zone - 1)), min(east, -180.0 + 6 * zone)
+            for hemisphere, south, north in (
+                ("S", bbox.south, min(bbox.north, 0.0)),
+                ("N", max(bbox.south, 0.0), bbox.north),
+            ):
+                if hi > lo and north > south:
+                    parts.append((zone, hemisphere, box(lo, south, hi, north, crs="EPSG:4326")))
+    return parts
+
+
+def _zone_of(lon: float) -> int:
+    return min(int((lon + 180.0) // 6) + 1, 60)
+
+
+def _check_bbox(bbox: BBox) -> None:
+    values = f"{bbox.west} {bbox.south} {bbox.east} {bbox.north}"
+    for name, value, limit in (("west", bbox.west, 180), ("east", bbox.east, 180), ("south", bbox.south, 90),
+                               ("north", bbox.north, 90)):  # fmt: skip
+        if not -limit <= value <= limit:
+            raise UserInputError(f"bbox {values}: {name} {value} is outside -{limit}..{limit}; give W S E N in degrees")
+    if bbox.south >= bbox.north:
+        raise UserInputError(f"bbox {values}: south must be below north; give W S E N")
+    if bbox.west >= bbox.east and not bbox.crosses_antimeridian:
+        raise UserInputError(
+            f"bbox {values}: west must be less than east; for an area across the antimeridian say so explicitly"
+        )
+    if bbox.south < UTM_LATITUDES[0] or bbox.north > UTM_LATITUDES[1]:
+        raise UserInputError(
+            f"bbox {values}: latitudes must lie within {UTM_LATITUDES[0]:g}..{UTM_LATITUDES[1]:g} (the UTM range)"
+        )
