@@ -326,11 +326,6 @@ def _scene(spec: CatalogSpec, acquisition: Acquisition, tile: MgrsTile, baseline
     )
 
 
-def describe(scene: Scene) -> str:
-    """A short human label, for test ids and logs."""
-    return f"{scene.tile.name} {scene.sensing_time:%Y-%m-%d} N{scene.processing_baseline}"
-
-
 __all__ = [
     "Acquisition",
     "CatalogSpec",
