@@ -42,7 +42,7 @@ class TileId:
 
     @property
     def epsg(self) -> int:
-        return (32600 if self.hemisphere == "N" else 32700) + self.zone
+        return utm_epsg(self.zone, self.hemisphere)
 
     @property
     def geobox(self) -> GeoBox:
@@ -64,10 +64,20 @@ class BBox:
         _check_bbox(self)
 
 
+def utm_zone(lon: float) -> int:
+    """The standard UTM zone (1-60) of a longitude; 180 E belongs to zone 60."""
+    return min(int((lon + 180.0) // 6) + 1, 60)
+
+
+def utm_epsg(zone: int, hemisphere: str) -> int:
+    """EPSG code of WGS 84 / UTM: 326zz north of the equator, 327zz south of it."""
+    return (32600 if hemisphere == "N" else 32700) + zone
+
+
 @lru_cache(maxsize=128)
 def zone_grid(zone: int, hemisphere: str) -> GridSpec:
     """The GridSpec of one UTM zone and hemisphere, anchored at the projection origin."""
-    crs = f"EPSG:{(32600 if hemisphere == 'N' else 32700) + zone}"
+    crs = f"EPSG:{utm_epsg(zone, hemisphere)}"
     return GridSpec(crs, tile_shape=(TILE_PIXELS, TILE_PIXELS), resolution=RESOLUTION_M, origin=XY(0.0, 0.0))
 
 
@@ -88,7 +98,7 @@ def _zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
     spans = [(bbox.west, 180.0), (-180.0, bbox.east)] if bbox.crosses_antimeridian else [(bbox.west, bbox.east)]
     parts = []
     for west, east in spans:
-        first, last = _zone_of(west), _zone_of(min(east, 179.999999))
+        first, last = utm_zone(west), utm_zone(min(east, 179.999999))
         for zone in range(first, last + 1):
             lo, hi = max(west, -180.0 + 6 * (zone - 1)), min(east, -180.0 + 6 * zone)
             for hemisphere, south, north in (
@@ -98,10 +108,6 @@ def _zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
                 if hi > lo and north > south:
                     parts.append((zone, hemisphere, box(lo, south, hi, north, crs="EPSG:4326")))
     return parts
-
-
-def _zone_of(lon: float) -> int:
-    return min(int((lon + 180.0) // 6) + 1, 60)
 
 
 def _check_bbox(bbox: BBox) -> None:

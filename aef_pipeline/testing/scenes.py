@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from pyproj import Transformer
 
 from aef_pipeline import sentinel2 as s2
+from aef_pipeline.grid import utm_epsg, utm_zone
 from aef_pipeline.testing.world import CloudBlob, Sky, SwathEdge, World, observe
 
 MGRS_TILE_SIZE_M = 109_800  # a Sentinel-2 tile: a 100 km MGRS square plus 9.8 km of overlap
@@ -64,23 +65,28 @@ def mgrs_tile_at(lon: float, lat: float, zone: int | None = None) -> MgrsTile:
     `zone` picks a UTM zone other than the point's own, for tiles that reach across a zone edge
     (every zone's tiles overlap its neighbours', and zone 1's reach past the antimeridian).
     """
-    zone = zone or int((lon + 180) // 6) + 1
-    epsg = (32600 if lat >= 0 else 32700) + zone
-    easting, northing = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
-    return _tile_of_square(zone, lat, epsg, int(easting // 100_000), int(northing // 100_000))
+    zone, epsg, x, y = _utm(lon, lat, zone)
+    return _tile_of_square(zone, lat, epsg, int(x // 100_000), int(y // 100_000))
 
 
 def covering_tiles(lon: float, lat: float) -> list[MgrsTile]:
     """Every tile of (lon, lat)'s UTM zone whose 109.8 km extent holds the point."""
-    own = mgrs_tile_at(lon, lat)
-    x, y = Transformer.from_crs(4326, own.epsg, always_xy=True).transform(lon, lat)
+    zone, epsg, x, y = _utm(lon, lat, None)
     col0, row0 = int(x // 100_000), int(y // 100_000)
     tiles = []
     for dcol, drow in ((0, 0), (-1, 0), (0, 1), (-1, 1)):
-        tile = _tile_of_square(own.zone, lat, own.epsg, col0 + dcol, row0 + drow)
+        tile = _tile_of_square(zone, lat, epsg, col0 + dcol, row0 + drow)
         if tile.x0 <= x < tile.x0 + MGRS_TILE_SIZE_M and tile.y0 - MGRS_TILE_SIZE_M < y <= tile.y0:
             tiles.append(tile)
     return tiles
+
+
+def _utm(lon: float, lat: float, zone: int | None) -> tuple[int, int, float, float]:
+    """(zone, EPSG code, easting, northing) of a point, in `zone` or else its own zone."""
+    zone = zone or utm_zone(lon)
+    epsg = utm_epsg(zone, "N" if lat >= 0 else "S")
+    x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
+    return zone, epsg, float(x), float(y)
 
 
 def _tile_of_square(zone: int, lat: float, epsg: int, col: int, row: int) -> MgrsTile:
@@ -220,7 +226,7 @@ def render_scene(scene: Scene) -> RenderedScene:
     scl = cloud = None
     for res in s2.RESOLUTIONS:
         lon, lat = scene.lonlat(res)
-        refl, classes = observe(
+        refl, classes, density = observe(
             scene.world, scene.acquisition.sky, scene.acquisition.swath, lon, lat, scene.sensing_time
         )
         reflectance[res] = refl
@@ -229,7 +235,6 @@ def render_scene(scene: Scene) -> RenderedScene:
                 dn[band.name] = to_digital_numbers(refl[i], offset)
         if res == 20:
             scl = classes
-            density = scene.acquisition.sky.cloud_density(lon, lat)
             cloud = np.where(classes == s2.SCL_NODATA, 0, np.clip(np.round(density * 100), 1, 100)).astype(np.uint8)
     assert scl is not None
     assert cloud is not None

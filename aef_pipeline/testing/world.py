@@ -153,8 +153,10 @@ class SwathEdge:
 
 def observe(
     world: World, sky: Sky, swath: SwathEdge | None, lon: FloatArray, lat: FloatArray, when: dt.datetime
-) -> tuple[FloatArray, NDArray[np.uint8]]:
-    """What the satellite sees: (top-of-canopy reflectance with clouds, SCL), NaN where not imaged."""
+) -> tuple[FloatArray, NDArray[np.uint8], FloatArray]:
+    """What the satellite sees: (top-of-canopy reflectance with clouds, SCL, cloud density).
+
+    Reflectance is NaN where the swath did not reach."""
     refl = world.reflectance(lon, lat, when)
     cloud = sky.cloud_density(lon, lat)
     shadow = np.where(cloud < 0.2, sky.shadow_density(lon, lat), 0.0)
@@ -166,7 +168,7 @@ def observe(
         outside = ~swath.imaged(lon, lat)
         refl[:, outside] = np.nan
         scl[outside] = s2.SCL_NODATA
-    return refl, scl
+    return refl, scl, cloud
 
 
 def _scene_classes(
