@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         "the chosen provider's, as a static catalog (catalog.json) that pystac and the pipeline read.",
     )
     demo.add_argument("directory", type=Path, help="new or empty directory to write into")
-    demo.add_argument("--flavor", choices=["earth-search", "planetary-computer"], default="earth-search")
+    demo.add_argument(
+        "--flavor", choices=["earth-search", "planetary-computer", "earth-search-legacy"], default="earth-search"
+    )
     demo.add_argument("--seed", type=int, default=0, help="land cover and clouds (default 0)")
     demo.add_argument(
         "--years", default="2021-2022", help="calendar years of acquisitions: 2022, 2021-2022 or 2019,2022"

@@ -24,6 +24,26 @@ def planetary_computer_catalog(tmp_path_factory: pytest.TempPathFactory) -> Synt
     return build_catalog(tmp_path_factory.mktemp("pc"), "planetary-computer", CatalogSpec())
 
 
+@pytest.fixture(scope="session")
+def legacy_earth_search_catalog(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
+    return build_catalog(tmp_path_factory.mktemp("es-legacy"), "earth-search-legacy", CatalogSpec())
+
+
+@pytest.fixture(scope="session", params=["earth-search", "planetary-computer", "earth-search-legacy"])
+def any_flavor_catalog(
+    request: pytest.FixtureRequest,
+    earth_search_catalog: SyntheticCatalog,
+    planetary_computer_catalog: SyntheticCatalog,
+    legacy_earth_search_catalog: SyntheticCatalog,
+) -> SyntheticCatalog:
+    """Every provider flavour of the test bed, the legacy Earth Search collection included."""
+    return {
+        "earth-search": earth_search_catalog,
+        "planetary-computer": planetary_computer_catalog,
+        "earth-search-legacy": legacy_earth_search_catalog,
+    }[request.param]
+
+
 @pytest.fixture(scope="session", params=["earth-search", "planetary-computer"])
 def catalog(
     request: pytest.FixtureRequest, earth_search_catalog: SyntheticCatalog, planetary_computer_catalog: SyntheticCatalog
@@ -37,7 +57,7 @@ def stac_api(
     earth_search_catalog: SyntheticCatalog,
     planetary_computer_catalog: SyntheticCatalog,
 ) -> Iterator[str]:
-    """URL of a rustac STAC API serving both synthetic collections."""
+    """URL of a rustac STAC API serving the c1 and Planetary Computer synthetic collections."""
     with serve_catalogs([earth_search_catalog, planetary_computer_catalog], tmp_path_factory.mktemp("api")) as url:
         yield url
 

@@ -11,6 +11,7 @@ from aef_pipeline.testing import SyntheticCatalog
 REAL_PATTERN = {
     "earth-search": "earthsearch_v1_s2c1l2a__*.json",
     "planetary-computer": "planetarycomputer_s2l2a__*.json",
+    "earth-search-legacy": "earthsearch_v1_s2l2a__*.json",
 }
 
 
@@ -35,7 +36,8 @@ def _common(sets: list[set[str]]) -> set[str]:
     return set.intersection(*sets)
 
 
-def test_asset_keys_match_real(catalog: SyntheticCatalog, real_examples: Path) -> None:
+def test_asset_keys_match_real(any_flavor_catalog: SyntheticCatalog, real_examples: Path) -> None:
+    catalog = any_flavor_catalog
     real = _real_items(real_examples, catalog.flavor.name)
     required = _common([set(item["assets"]) for item in real])
     allowed = set.union(*(set(item["assets"]) for item in real))
@@ -43,7 +45,8 @@ def test_asset_keys_match_real(catalog: SyntheticCatalog, real_examples: Path) -
         assert required <= set(item["assets"]) <= allowed, item["id"]
 
 
-def test_property_names_match_real(catalog: SyntheticCatalog, real_examples: Path) -> None:
+def test_property_names_match_real(any_flavor_catalog: SyntheticCatalog, real_examples: Path) -> None:
+    catalog = any_flavor_catalog
     real = _real_items(real_examples, catalog.flavor.name)
     required = _common([set(item["properties"]) for item in real])
     allowed = set.union(*(set(item["properties"]) for item in real))
@@ -53,7 +56,8 @@ def test_property_names_match_real(catalog: SyntheticCatalog, real_examples: Pat
         assert names <= allowed, (item["id"], names - allowed)
 
 
-def test_extensions_and_top_level_match_real(catalog: SyntheticCatalog, real_examples: Path) -> None:
+def test_extensions_and_top_level_match_real(any_flavor_catalog: SyntheticCatalog, real_examples: Path) -> None:
+    catalog = any_flavor_catalog
     real = _real_items(real_examples, catalog.flavor.name)
     for item in catalog.items:
         assert set(item) == set(real[0]) | {"links"}
@@ -61,7 +65,8 @@ def test_extensions_and_top_level_match_real(catalog: SyntheticCatalog, real_exa
         assert item["collection"] == real[0]["collection"]
 
 
-def test_value_types_match_real(catalog: SyntheticCatalog, real_examples: Path) -> None:
+def test_value_types_match_real(any_flavor_catalog: SyntheticCatalog, real_examples: Path) -> None:
+    catalog = any_flavor_catalog
     """Each property, asset field and raster:bands field has a JSON type a real item also uses."""
     real = _real_items(real_examples, catalog.flavor.name)
     seen: dict[str, set[str]] = {}
@@ -97,6 +102,18 @@ def test_planetary_computer_items_have_no_raster_bands(planetary_computer_catalo
         assert not any("raster:bands" in asset for asset in item["assets"].values())
 
 
-def test_crs_is_declared_like_real(catalog: SyntheticCatalog) -> None:
+def test_legacy_earth_search_declares_the_offset_by_baseline_and_flags_its_removal(
+    legacy_earth_search_catalog: SyntheticCatalog,
+) -> None:
+    """The raster:bands offset follows the baseline even where the provider removed it from the DNs."""
+    flags = set()
+    for item, scene in zip(legacy_earth_search_catalog.items, legacy_earth_search_catalog.scenes, strict=True):
+        assert item["assets"]["red"]["raster:bands"][0]["offset"] == (-0.1 if scene.has_boa_offset else 0)
+        flags.add((scene.has_boa_offset, item["properties"]["earthsearch:boa_offset_applied"], scene.dn_offset))
+    assert flags == {(False, False, 0), (True, True, 0), (True, False, 1000)}
+
+
+def test_crs_is_declared_like_real(any_flavor_catalog: SyntheticCatalog) -> None:
+    catalog = any_flavor_catalog
     for item, scene in zip(catalog.items, catalog.scenes, strict=True):
         assert item["properties"]["proj:epsg"] == scene.tile.epsg

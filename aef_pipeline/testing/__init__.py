@@ -9,7 +9,7 @@ Tests, demos and benchmarks build their data here:
 """
 
 from aef_pipeline.testing.catalog import SyntheticCatalog, build_catalog, write_item_collection, write_static_catalog
-from aef_pipeline.testing.items import EARTH_SEARCH, FLAVORS, PLANETARY_COMPUTER, Flavor, footprint
+from aef_pipeline.testing.items import EARTH_SEARCH, EARTH_SEARCH_LEGACY, FLAVORS, PLANETARY_COMPUTER, Flavor, footprint
 from aef_pipeline.testing.scenes import (
     DEFAULT_SITE,
     CatalogSpec,
@@ -27,6 +27,7 @@ from aef_pipeline.testing.world import LandCover, World
 __all__ = [
     "DEFAULT_SITE",
     "EARTH_SEARCH",
+    "EARTH_SEARCH_LEGACY",
     "FLAVORS",
     "PLANETARY_COMPUTER",
     "CatalogSpec",

@@ -60,7 +60,7 @@ def build_catalog(directory: str | os.PathLike[str], flavor: str, spec: CatalogS
     spec = spec or CatalogSpec()
     chosen = FLAVORS[flavor]
     root = Path(directory).resolve()
-    scenes = plan_scenes(spec, flavor_reprocessed_archive=chosen.reprocessed_archive)
+    scenes = plan_scenes(spec, chosen.reprocessed_archive, chosen.removes_offset)
     items = []
     for scene in scenes:
         item_dir = root / chosen.collection_id / chosen.item_id(scene)
@@ -136,7 +136,7 @@ def make_collection(flavor: Flavor, items: list[JsonDict]) -> JsonDict:
     times = sorted(i["properties"]["datetime"] for i in items)
     transient = ("href", "file:checksum", "file:size", "proj:shape", "proj:transform", "proj:bbox")
     item_assets = {k: {f: v for f, v in a.items() if f not in transient} for k, a in items[0]["assets"].items()}
-    title = "Sentinel-2 Collection 1 Level-2A" if flavor.name == "earth-search" else "Sentinel-2 Level-2A"
+    title = "Sentinel-2 Collection 1 Level-2A" if flavor.collection_id.endswith("c1-l2a") else "Sentinel-2 Level-2A"
     return {
         "type": "Collection",
         "id": flavor.collection_id,

@@ -7,6 +7,10 @@ extension fields, value types):
   with scale 0.0001 and offset -0.1 where the DNs carry the 04.00 offset).
 - "planetary-computer": Planetary Computer `sentinel-2-l2a` (asset keys B02...B12, SCL; no
   raster:bands, so nothing but `s2:processing_baseline` tells the offset).
+- "earth-search-legacy": Earth Search v1's older `sentinel-2-l2a` (keys like c1 plus `-jp2`
+  twins; ids `S2A_33TWM_20220130_0_L2A` with a sequence number). From baseline 04.00 Earth Search
+  removed the offset from some products and flagged it with `earthsearch:boa_offset_applied`,
+  while raster:bands declares offset -0.1 either way: the metadata users distrust.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class Flavor:
     """Rasters beyond bands, SCL, AOT, WVP and the true-colour image (ASSET_FILES keys)."""
     documents: tuple[str, ...]
     """Metadata and other non-raster assets (ASSET_FILES keys)."""
+    removes_offset: bool = False
+    """Subtracts the 04.00 offset from the DNs of first products and flags it (legacy Earth Search)."""
 
 
 EARTH_SEARCH = Flavor(
@@ -85,7 +91,18 @@ PLANETARY_COMPUTER = Flavor(
         "tilejson",
     ),
 )
-FLAVORS = {flavor.name: flavor for flavor in (EARTH_SEARCH, PLANETARY_COMPUTER)}
+EARTH_SEARCH_LEGACY = Flavor(
+    name="earth-search-legacy",
+    collection_id="sentinel-2-l2a",
+    reprocessed_archive=False,
+    item_id=lambda sc: f"{sc.acquisition.platform}_{sc.tile.name}_{sc.sensing_time:%Y%m%d}_{sc.sequence}_L2A",
+    band_key=lambda band: band.earth_search_key,
+    aux_resolution=20,
+    extra_rasters=(),
+    documents=("thumbnail", "granule_metadata", "tileinfo_metadata"),
+    removes_offset=True,
+)
+FLAVORS = {flavor.name: flavor for flavor in (EARTH_SEARCH, PLANETARY_COMPUTER, EARTH_SEARCH_LEGACY)}
 
 # Earth Search asset titles of the spectral bands.
 _ES_TITLES = {
@@ -122,8 +139,12 @@ ASSET_FILES = {
 
 def make_item(flavor: Flavor, scene: Scene, rendered: RenderedScene, files: Mapping[str, AssetFile]) -> JsonDict:
     """The STAC item of a scene, with asset hrefs from `files` (keyed like ASSET_FILES)."""
-    builder = _earth_search_item if flavor is EARTH_SEARCH else _planetary_computer_item
-    return builder(scene, rendered, files)
+    builders = {
+        EARTH_SEARCH.name: _earth_search_item,
+        PLANETARY_COMPUTER.name: _planetary_computer_item,
+        EARTH_SEARCH_LEGACY.name: _legacy_earth_search_item,
+    }
+    return builders[flavor.name](scene, rendered, files)
 
 
 def footprint(scene: Scene) -> Geometry:
@@ -319,6 +340,123 @@ def _planetary_computer_assets(scene: Scene, files: Mapping[str, AssetFile]) -> 
     return assets
 
 
+_LEGACY_EXTENSIONS = [
+    f"https://stac-extensions.github.io/{name}/schema.json"
+    for name in (
+        "processing/v1.1.0", "projection/v1.0.0", "eo/v1.0.0", "grid/v1.0.0", "raster/v1.1.0",
+        "mgrs/v1.0.0", "view/v1.0.0",
+    )
+]  # fmt: skip
+# Legacy Earth Search band descriptions: "Red (band 4)", "NIR 2 (band 8A)".
+_LEGACY_NAMES = {
+    "B01": "Coastal aerosol", "B02": "Blue", "B03": "Green", "B04": "Red", "B05": "Red edge 1",
+    "B06": "Red edge 2", "B07": "Red edge 3", "B08": "NIR 1", "B8A": "NIR 2", "B09": "NIR 3",
+    "B11": "SWIR 1", "B12": "SWIR 2",
+}  # fmt: skip
+
+
+def _legacy_earth_search_item(scene: Scene, rendered: RenderedScene, files: Mapping[str, AssetFile]) -> JsonDict:
+    acq, tile, shares = scene.acquisition, scene.tile, rendered.percentages
+    area = footprint(scene)
+    s3_path = (
+        f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/{tile.zone}/{tile.band}/{tile.square}/"
+        f"{scene.sensing_time:%Y/%-m}/{EARTH_SEARCH_LEGACY.item_id(scene)}"
+    )
+    props: JsonDict = {
+        "created": _iso_ms(scene.generation_time + dt.timedelta(days=1, minutes=2)),
+        "platform": f"sentinel-2{acq.platform[-1].lower()}",
+        "constellation": "sentinel-2",
+        "instruments": ["msi"],
+        "eo:cloud_cover": round(_cloud_cover(shares), 6),
+        "proj:epsg": tile.epsg,
+        "mgrs:utm_zone": tile.zone,
+        "mgrs:latitude_band": tile.band,
+        "mgrs:grid_square": tile.square,
+        "grid:code": f"MGRS-{tile.zone}{tile.band}{tile.square}",
+        "view:sun_azimuth": _sun_azimuth(scene),
+        "view:sun_elevation": 90.0 - _sun_zenith(scene),
+        **{key: _es_number(key, value, _LEGACY_INTEGER_ZEROS) for key, value in _scl_percentages(shares).items()},
+        "s2:dark_features_percentage": round(shares[str(s2.SCL_DARK)], 6),
+        "s2:product_type": "S2MSI2A",
+        "s2:processing_baseline": scene.processing_baseline,
+        "s2:product_uri": _product_uri(scene),
+        "s2:generation_time": _iso_us(scene.generation_time),
+        "s2:datatake_id": _datatake_id(scene),
+        "s2:datatake_type": "INS-NOBS",
+        "s2:datastrip_id": _datastrip_id(scene),
+        "s2:granule_id": _granule_id(scene),
+        "s2:reflectance_conversion_factor": _reflectance_conversion_factor(scene),
+        "datetime": _iso_us(scene.sensing_time),
+        "s2:sequence": str(scene.sequence),
+        "earthsearch:s3_path": s3_path,
+        "earthsearch:payload_id": f"roda-sentinel2/workflow-sentinel2-to-stac/{_hex_id(scene)}",
+        "earthsearch:boa_offset_applied": scene.offset_removed_by_provider,
+        "processing:software": {"sentinel2-to-stac": "0.1.0"},
+        "updated": _iso_ms(scene.generation_time + dt.timedelta(days=1, minutes=2)),
+    }
+    return _feature(
+        EARTH_SEARCH_LEGACY, scene, area, props, _LEGACY_EXTENSIONS, _legacy_assets(scene, files), precision=12
+    ) | {"links": [{"rel": "thumbnail", "href": files["thumbnail"].href}]}
+
+
+def _legacy_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDict:
+    # The declared offset follows the baseline alone, even where the DNs no longer carry it.
+    offset = -0.1 if scene.has_boa_offset else 0
+
+    def raster(key: str, resolution: int, data_type: str = "uint16", **band: Any) -> JsonDict:
+        bits = {"bits_per_sample": 15} if data_type == "uint16" else {}
+        return {
+            "proj:shape": list(scene.shape(resolution)),
+            "proj:transform": _transform_list(scene, resolution, as_int=True),
+            "raster:bands": [{"nodata": 0, "data_type": data_type, **bits, "spatial_resolution": resolution, **band}],
+        }
+
+    def eo_band(band: s2.S2Band) -> JsonDict:
+        return {
+            "name": band.earth_search_key,
+            "common_name": band.common_name,
+            "description": f"{_LEGACY_NAMES[band.name]} (band {band.name[1:].lstrip('0')})",
+            "center_wavelength": band.center_wavelength,
+            "full_width_half_max": band.full_width_half_max,
+        }
+
+    cogs: JsonDict = {}
+    reflectance_roles = ["data", "reflectance"]
+    cogs["aot"] = {"href": files["AOT"].href, "type": COG, "title": "Aerosol optical thickness (AOT)",
+                   **raster("AOT", 20, scale=0.001, offset=0), "roles": reflectance_roles}  # fmt: skip
+    for band in s2.S2_BANDS:
+        described = eo_band(band)
+        cogs[band.earth_search_key] = {
+            "href": files[band.name].href, "type": COG,
+            "title": f"{described['description']} - {band.resolution}m", "eo:bands": [described],
+            "gsd": band.resolution, **raster(band.name, band.resolution, scale=0.0001, offset=offset),
+            "roles": reflectance_roles,
+        }  # fmt: skip
+    cogs["scl"] = {"href": files["SCL"].href, "type": COG, "title": "Scene classification map (SCL)",
+                   **raster("SCL", 20, "uint8"), "roles": reflectance_roles}  # fmt: skip
+    visual = raster("visual", 10)
+    del visual["raster:bands"]
+    rgb = [eo_band(s2.BAND_BY_NAME[name]) for name in ("B04", "B03", "B02")]
+    cogs["visual"] = {"href": files["visual"].href, "type": COG, "title": "True color image", "eo:bands": rgb,
+                      **visual, "roles": ["visual"]}  # fmt: skip
+    cogs["wvp"] = {"href": files["WVP"].href, "type": COG, "title": "Water vapour (WVP)",
+                   **raster("WVP", 20, unit="cm", scale=0.001, offset=0), "roles": reflectance_roles}  # fmt: skip
+    assets: JsonDict = {}
+    for key, asset in cogs.items():
+        assets[key] = asset
+        # The JPEG 2000 originals in ESA's requester-pays bucket: described, never read.
+        jp2_name = asset["href"].rsplit("/", 1)[-1].replace(".tif", ".jp2")
+        jp2 = f"s3://sentinel-s2-l2a/tiles/{scene.tile.zone}/{scene.tile.band}/{scene.tile.square}/" + (
+            f"{scene.sensing_time:%Y/%-m/%-d}/{scene.sequence}/{jp2_name}"
+        )
+        assets[f"{key}-jp2"] = asset | {"href": jp2, "type": "image/jp2"}
+    for key, media in (("granule_metadata", "application/xml"), ("tileinfo_metadata", "application/json")):
+        assets[key] = {"href": files[key].href, "type": media, "roles": ["metadata"]}
+    assets["thumbnail"] = {"href": files["thumbnail"].href, "type": "image/jpeg", "title": "Thumbnail image",
+                           "roles": ["thumbnail"]}  # fmt: skip
+    return dict(sorted(assets.items()))
+
+
 def _feature(
     flavor: Flavor, scene: Scene, area: Geometry, props: JsonDict, extensions: list[str], assets: JsonDict,
     precision: int,
@@ -393,8 +531,15 @@ _ES_INTEGER_ZEROS = {
 }  # fmt: skip
 
 
-def _es_number(key: str, value: float) -> float | int:
-    return 0 if value == 0 and key in _ES_INTEGER_ZEROS else round(float(value), 6)
+# The same for the legacy collection (as seen in its real items).
+_LEGACY_INTEGER_ZEROS = {
+    "s2:cloud_shadow_percentage", "s2:degraded_msi_data_percentage", "s2:saturated_defective_pixel_percentage",
+    "s2:snow_ice_percentage", "s2:thin_cirrus_percentage",
+}  # fmt: skip
+
+
+def _es_number(key: str, value: float, integer_zeros: set[str] = _ES_INTEGER_ZEROS) -> float | int:
+    return 0 if value == 0 and key in integer_zeros else round(float(value), 6)
 
 
 def _granule_id(scene: Scene) -> str:

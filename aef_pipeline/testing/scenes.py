@@ -7,6 +7,7 @@ into the digital numbers of every band, exactly as the COGs will hold them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -165,6 +166,11 @@ class Scene:
     """(x, y) of the imaged window's upper-left corner, in the tile's CRS."""
     size_m: int
     world: World = field(default=World())
+    sequence: int = 0
+    """Product version of this acquisition and tile: 0, then 1 for a second processing."""
+    offset_removed_by_provider: bool = False
+    """The provider subtracted the 04.00 offset from the DNs (legacy Earth Search's
+    `earthsearch:boa_offset_applied`), so the pixels no longer carry it whatever the baseline."""
 
     @property
     def sensing_time(self) -> dt.datetime:
@@ -173,7 +179,13 @@ class Scene:
 
     @property
     def has_boa_offset(self) -> bool:
+        """The processing baseline defines the +1000 offset (04.00 and later)."""
         return s2.baseline_has_offset(self.processing_baseline)
+
+    @property
+    def dn_offset(self) -> int:
+        """What the stored DNs carry on top of reflectance * 10000."""
+        return s2.BOA_ADD_OFFSET if self.has_boa_offset and not self.offset_removed_by_provider else 0
 
     def transform(self, resolution: int) -> Affine:
         return Affine(resolution, 0, self.window_origin[0], 0, -resolution, self.window_origin[1])
@@ -220,7 +232,7 @@ class RenderedScene:
 
 def render_scene(scene: Scene) -> RenderedScene:
     """Digital numbers of every band, SCL and cloud probability for one scene."""
-    offset = s2.BOA_ADD_OFFSET if scene.has_boa_offset else 0
+    offset = scene.dn_offset
     dn: dict[str, NDArray[np.uint16]] = {}
     reflectance = {}
     scl = cloud = None
@@ -248,12 +260,16 @@ def to_digital_numbers(reflectance: NDArray[np.float64], offset: int) -> NDArray
     return np.where(np.isnan(reflectance), 0, dn).astype(np.uint16)
 
 
-def plan_scenes(spec: CatalogSpec, flavor_reprocessed_archive: bool) -> list[Scene]:
+def plan_scenes(
+    spec: CatalogSpec, flavor_reprocessed_archive: bool, flavor_removes_offset: bool = False
+) -> list[Scene]:
     """Every scene of the catalog, in time order.
 
     `flavor_reprocessed_archive`: the provider serves ESA's collection-1 reprocessing (baseline
     05.00) for acquisitions before 2022-01-25, as Earth Search's `sentinel-2-c1-l2a` does, instead
     of the original processing (Planetary Computer).
+    `flavor_removes_offset`: the provider subtracted the 04.00 offset from the DNs of the
+    first product of each acquisition and flags it (legacy Earth Search `sentinel-2-l2a`).
     """
     rng = np.random.default_rng(spec.seed)
     tiles = covering_tiles(spec.site.lon, spec.site.lat)
@@ -265,7 +281,10 @@ def plan_scenes(spec: CatalogSpec, flavor_reprocessed_archive: bool) -> list[Sce
             versions.append(REPROCESSED_ARCHIVE_BASELINE if not s2.baseline_has_offset(baseline) else "05.11")
         for version_number, version in enumerate(versions):
             for tile in tiles:
-                scenes.append(_scene(spec, acquisition, tile, version, version_number))
+                scene = _scene(spec, acquisition, tile, version, version_number)
+                if flavor_removes_offset and version_number == 0 and scene.has_boa_offset:
+                    scene = dataclasses.replace(scene, offset_removed_by_provider=True)
+                scenes.append(scene)
     return scenes
 
 
@@ -328,6 +347,7 @@ def _scene(spec: CatalogSpec, acquisition: Acquisition, tile: MgrsTile, baseline
         window_origin=(float(x), float(y)),
         size_m=spec.site.size_m,
         world=World(seed=spec.seed),
+        sequence=version,
     )
 
 
