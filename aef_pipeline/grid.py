@@ -20,6 +20,9 @@ from aef_pipeline.errors import UserInputError
 RESOLUTION_M = 10
 # 1920 px = 19.2 km: a whole number of the encoder's 96 px window cores and 128 px windows.
 TILE_PIXELS = 1920
+# Pixels read around a tile so windows at its edge see their full spatial context: the paper's
+# 16 px context of a 96 px core at L = 128. A model spec with a wider context passes its own.
+DEFAULT_HALO_PIXELS = 16
 # UTM is defined from 80 S to 84 N; polar areas need UPS, which the product does not cover.
 UTM_LATITUDES = (-80.0, 84.0)
 
@@ -48,6 +51,11 @@ class TileId:
     def geobox(self) -> GeoBox:
         """The tile's pixels (its core, without any halo)."""
         return zone_grid(self.zone, self.hemisphere).tile_geobox((self.col, self.row))
+
+    def load_geobox(self, halo_px: int = DEFAULT_HALO_PIXELS) -> GeoBox:
+        """The grid imagery is loaded onto: the tile padded by `halo_px` pixels on every side,
+        pixel-aligned with it (and with the neighbouring tiles)."""
+        return self.geobox.pad(halo_px)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""Stage 4a: from loaded products to what the encoder consumes.
+
+    cube = preprocess(loaded, selection.scenes, bands=spec.bands, core=tile.geobox)
+
+- harmonise each product by its own processing baseline (DN - offset) / 10000, never by date;
+- mask pixels that are nodata in any band or whose SCL class is not a clear observation;
+- fuse the products of one overpass (neighbouring MGRS tiles) into one frame, first valid wins;
+- drop frames with no valid pixel in the tile's core;
+- keep each frame's acquisition time exactly as the item states it.
+
+The result is a Dataset: `reflectance` (time, band, y, x) float32, NaN where invalid; `valid`
+(time, y, x) bool; coordinates time (datetime64, microseconds from the items), band, acquisition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from aef_pipeline import sentinel2 as s2
+from aef_pipeline.providers import SCL, SceneInfo
+
+
+@dataclass(frozen=True)
+class MaskPolicy:
+    """Which scene classes count as a clear observation of the ground."""
+
+    invalid_scl: frozenset[int] = frozenset(
+        {s2.SCL_NODATA, s2.SCL_SATURATED, s2.SCL_CLOUD_SHADOW, s2.SCL_CLOUD_MEDIUM, s2.SCL_CLOUD_HIGH,
+         s2.SCL_THIN_CIRRUS}
+    )  # fmt: skip
+    """Nodata, saturated, cloud shadow, clouds and cirrus. Snow, water, dark and unclassified
+    pixels stay valid: they are what the ground looked like."""
+
+
+def preprocess(
+    loaded: xr.Dataset,
+    scenes: Sequence[SceneInfo],
+    bands: Sequence[str],
+    core: GeoBox,
+    policy: MaskPolicy = MaskPolicy(),
+) -> xr.Dataset:
+    """The encoder's input cube. `loaded` holds one frame per scene, in the order of `scenes`.
+
+    `core` is the tile without its halo: a frame none of whose core pixels is valid is dropped
+    (halo pixels alone belong to the neighbouring tile). This computes the SCL mask once.
+    """
+    if loaded.sizes["time"] != len(scenes):
+        raise ValueError(f"{loaded.sizes['time']} loaded frames for {len(scenes)} scenes")
+    reflectance, valid = harmonise(loaded, scenes, bands, policy)
+    reflectance, valid = fuse_overpasses(reflectance, valid, [scene.acquisition for scene in scenes])
+    keep = _frames_with_valid_core(valid, core)
+    cube = xr.Dataset({"reflectance": reflectance.isel(time=keep), "valid": valid.isel(time=keep)})
+    cube.attrs["dropped_frames"] = int((~keep).sum())
+    return cube
+
+
+def harmonise(
+    loaded: xr.Dataset, scenes: Sequence[SceneInfo], bands: Sequence[str], policy: MaskPolicy
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Reflectance (time, band, y, x) float32 with NaN where invalid, and the validity mask."""
+    dn = xr.concat([loaded[name] for name in bands], dim=xr.DataArray(list(bands), dims="band", name="band"))
+    dn = dn.transpose("time", "band", "y", "x")
+    offset = xr.DataArray(np.array([scene.dn_offset for scene in scenes], dtype=np.float32), dims="time")
+    valid = (dn > 0).all("band") & ~loaded[SCL].isin(sorted(policy.invalid_scl))
+    reflectance = (dn.astype(np.float32) - offset) / np.float32(s2.QUANTIFICATION)
+    return reflectance.where(valid).astype(np.float32), valid
+
+
+def fuse_overpasses(
+    reflectance: xr.DataArray, valid: xr.DataArray, acquisitions: Sequence[str]
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """One frame per overpass: products of neighbouring MGRS tiles see the same ground at the same
+    moment, so where both are valid the first (in selection order) is taken. The frame keeps the
+    first product's timestamp."""
+    order: dict[str, list[int]] = {}
+    for index, acquisition in enumerate(acquisitions):
+        order.setdefault(acquisition, []).append(index)
+    fused_r, fused_v = [], []
+    for indices in order.values():
+        r, v = reflectance.isel(time=indices[0]), valid.isel(time=indices[0])
+        for index in indices[1:]:
+            r = r.where(v, reflectance.isel(time=index))
+            v = v | valid.isel(time=index)
+        fused_r.append(r)
+        fused_v.append(v)
+    labels = xr.DataArray(list(order), dims="time")
+    r_out = xr.concat(fused_r, dim="time").assign_coords(acquisition=labels)
+    v_out = xr.concat(fused_v, dim="time").assign_coords(acquisition=labels)
+    return r_out.sortby("time"), v_out.sortby("time")
+
+
+def _frames_with_valid_core(valid: xr.DataArray, core: GeoBox) -> np.ndarray:
+    inside = valid.sel(x=slice(*_span(core, "x")), y=slice(*_span(core, "y")))
+    return np.asarray(inside.any(("y", "x")).values, dtype=bool)
+
+
+def _span(core: GeoBox, axis: str) -> tuple[float, float]:
+    """Pixel-centre coordinates of the core's first and last pixel along an axis, in the order the
+    cube's coordinate runs (x ascending, y descending)."""
+    coords = core.coordinates[axis].values
+    return float(coords[0]), float(coords[-1])
