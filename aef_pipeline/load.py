@@ -158,5 +158,5 @@ class _FailureHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         match = _FAILURE.match(record.getMessage())
-        if match:
+        if match and not any(entry.startswith(match["uri"] + " ") for entry in self._sink):  # once per asset
             self._sink.append(f"{match['uri']} ({match['reason'].splitlines()[0][:200]})")

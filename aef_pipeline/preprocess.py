@@ -47,13 +47,18 @@ def preprocess(
     """The encoder's input cube. `loaded` holds one frame per scene, in the order of `scenes`.
 
     `core` is the tile without its halo: a frame none of whose core pixels is valid is dropped
-    (halo pixels alone belong to the neighbouring tile). This computes the SCL mask once.
+    (halo pixels alone belong to the neighbouring tile). This computes the SCL mask; a frame kept
+    for its SCL whose bands turn out unreadable is masked, not dropped.
     """
     if loaded.sizes["time"] != len(scenes):
         raise ValueError(f"{loaded.sizes['time']} loaded frames for {len(scenes)} scenes")
+    acquisitions = [scene.acquisition for scene in scenes]
     reflectance, valid = harmonise(loaded, scenes, bands, policy)
-    reflectance, valid = fuse_overpasses(reflectance, valid, [scene.acquisition for scene in scenes])
-    keep = _frames_with_valid_core(valid, core)
+    reflectance, valid = fuse_overpasses(reflectance, valid, acquisitions)
+    # Decided from SCL alone, which is small (20 m, uint8): the bands are read once, later.
+    scl_clear = ~loaded[SCL].isin(sorted(policy.invalid_scl))
+    _, clear = fuse_overpasses(scl_clear, scl_clear, acquisitions)
+    keep = _frames_with_valid_core(clear, core)
     cube = xr.Dataset({"reflectance": reflectance.isel(time=keep), "valid": valid.isel(time=keep)})
     cube.attrs["dropped_frames"] = int((~keep).sum())
     return cube

@@ -64,9 +64,6 @@ class CatalogConfig:
     collections: tuple[str, ...] = (DEFAULT_COLLECTION,)
     page_size: int = MAX_PAGE_SIZE
     """Items per page (at most 100)."""
-    max_cloud_cover: float | None = None
-    """Drop products whose `eo:cloud_cover` exceeds this percentage (None: keep all; the encoder
-    masks clouds per pixel, so a cloudy product still adds its clear pixels)."""
     timeout_s: float = 60.0
     """Per request."""
     retries: int = 4
@@ -78,8 +75,6 @@ class CatalogConfig:
             raise UserInputError(f"page size {self.page_size} is outside 1..{MAX_PAGE_SIZE}: choose a smaller page")
         if not self.collections:
             raise UserInputError("no collection given: name at least one, e.g. sentinel-2-c1-l2a")
-        if self.max_cloud_cover is not None and not 0 <= self.max_cloud_cover <= 100:
-            raise UserInputError(f"max cloud cover {self.max_cloud_cover} is not a percentage: give 0..100")
 
 
 @dataclass(frozen=True)
@@ -142,7 +137,14 @@ def _open_source_cached(config: CatalogConfig) -> SceneSource:
 def search_tile(
     source: SceneSource, geobox: GeoBox, period: Period, bands: Sequence[str], max_cloud_cover: float | None = None
 ) -> SceneSelection:
-    """The products to load onto `geobox` (a tile plus halo) for `period`, de-duplicated."""
+    """The products to load onto `geobox` (a tile plus halo) for `period`, de-duplicated.
+
+    `max_cloud_cover` drops products whose `eo:cloud_cover` exceeds that percentage, here rather
+    than on the server, which may not support the query extension. None keeps all: the encoder
+    masks clouds per pixel, so a cloudy product still adds its clear pixels.
+    """
+    if max_cloud_cover is not None and not 0 <= max_cloud_cover <= 100:
+        raise UserInputError(f"max cloud cover {max_cloud_cover} is not a percentage: give 0..100")
     area = geobox.extent.to_crs("EPSG:4326", resolution=geobox.resolution.x * 20, wrapdateline=True)
     found = [item for item in source.find(_bboxes(area), period) if _meets(item, area)]
     usable, skipped = _describe(found, bands, max_cloud_cover)

@@ -1,0 +1,196 @@
+"""From search to the encoder's input cube, checked against the synthetic truth."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import warnings
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import Client, LocalCluster
+from odc.geo.geobox import GeoBox
+
+from aef_pipeline.grid import BBox, TileId, tiles_for_bbox
+from aef_pipeline.load import ReadFailureWarning, load_selection, report_read_failures
+from aef_pipeline.plan import Period
+from aef_pipeline.preprocess import preprocess
+from aef_pipeline.search import CatalogConfig, SceneSelection, open_source, search_tile
+from aef_pipeline.testing import (
+    CatalogSpec,
+    Site,
+    SyntheticCatalog,
+    build_catalog,
+    render_scene,
+    serve_catalogs,
+    write_static_catalog,
+)
+from aef_pipeline.testing.scenes import DEFAULT_SITE, Scene
+
+BANDS = ("B02", "B03", "B04", "B08", "B11")
+TEN_METRE = ("B02", "B03", "B04", "B08")  # on the MGRS tiles' own 10 m lattice: read without resampling
+
+
+def _tiles_of(site: Site) -> list[TileId]:
+    half_lat = site.size_m / 2 / 111_320
+    half_lon = half_lat / np.cos(np.radians(site.lat))
+    return tiles_for_bbox(BBox(site.lon - half_lon, site.lat - half_lat, site.lon + half_lon, site.lat + half_lat))
+
+
+def _site_geobox(scene: Scene) -> GeoBox:
+    """The scene's own 10 m window: a piece of the global grid (both sit on whole 10 m)."""
+    return GeoBox(scene.shape(10), scene.transform(10), f"EPSG:{scene.tile.epsg}")
+
+
+def _select(url: str, collection: str, geobox: GeoBox, year: int) -> SceneSelection:
+    return search_tile(open_source(CatalogConfig(url, collections=(collection,))), geobox, Period.year(year), BANDS)
+
+
+def _cube(url: str, catalog: SyntheticCatalog, year: int) -> tuple[xr.Dataset, SceneSelection]:
+    geobox = _site_geobox(catalog.scenes[0])
+    selection = _select(url, catalog.collection_id, geobox, year)
+    loaded = load_selection(selection, geobox, BANDS, chunk_px=None)
+    return preprocess(loaded, selection.scenes, BANDS, core=geobox), selection
+
+
+def test_both_providers_give_the_truth(stac_api: str, catalog: SyntheticCatalog) -> None:
+    """Offsets removed where the pixels carry them (ES c1 05.00, PC from 04.00), never twice."""
+    for year in (2021, 2022):
+        cube, selection = _cube(stac_api, catalog, year)
+        reference = catalog.scenes[0].tile.name  # the tile whose window the cube covers exactly
+        times = list(cube.time.values.astype("datetime64[us]"))
+        checked = 0
+        for item, info in zip(selection.items, selection.scenes, strict=True):
+            scene = catalog.scene_of(item.id)
+            when = np.datetime64(scene.sensing_time, "us")
+            if scene.tile.name != reference or when not in times:  # the overcast frame is dropped
+                continue
+            frame = cube.isel(time=times.index(when))
+            truth = render_scene(scene).reflectance[10]
+            for band in TEN_METRE:
+                got = frame.reflectance.sel(band=band).values
+                want = np.round(truth[_band_index(band)] * 10_000) / 10_000
+                valid = frame.valid.values
+                np.testing.assert_allclose(got[valid], want[valid], atol=1e-6)
+                assert np.isnan(got[~valid]).all()
+            checked += 1
+            assert info.dn_offset == (1000 if scene.has_boa_offset else 0)
+        assert checked >= 10
+
+
+def _band_index(name: str) -> int:
+    from aef_pipeline.sentinel2 import S2_BANDS
+
+    return [band.name for band in S2_BANDS].index(name)
+
+
+def test_the_two_providers_give_the_same_cube(
+    stac_api: str, earth_search_catalog: SyntheticCatalog, planetary_computer_catalog: SyntheticCatalog
+) -> None:
+    for year in (2021, 2022):
+        es, _ = _cube(stac_api, earth_search_catalog, year)
+        pc, _ = _cube(stac_api, planetary_computer_catalog, year)
+        xr.testing.assert_identical(es.drop_attrs(), pc.drop_attrs())
+
+
+def test_legacy_earth_search_matches_c1_despite_its_offset_metadata(
+    stac_api: str, earth_search_catalog: SyntheticCatalog, legacy_earth_search_catalog: SyntheticCatalog
+) -> None:
+    """Legacy products from 04.00 whose offset Earth Search removed (and flagged), next to ones that
+    still carry it, read from the static catalog: the same reflectance as collection 1."""
+    static = str(write_static_catalog(legacy_earth_search_catalog))
+    for year in (2021, 2022):
+        c1, _ = _cube(stac_api, earth_search_catalog, year)
+        legacy, _ = _cube(static, legacy_earth_search_catalog, year)
+        xr.testing.assert_identical(c1.drop_attrs(), legacy.drop_attrs())
+
+
+def test_frames_one_per_overpass_timestamps_exact(stac_api: str, catalog: SyntheticCatalog) -> None:
+    cube, selection = _cube(stac_api, catalog, 2021)
+    acquisitions = {catalog.scene_of(item.id).acquisition for item in selection.items}
+    clear_enough = {acq for acq in acquisitions if not acq.sky.overcast}
+    # The duplicated acquisition is one frame; the overcast one has no valid pixel and is dropped.
+    assert cube.sizes["time"] == len(clear_enough) == len(acquisitions) - 1
+    assert cube.attrs["dropped_frames"] == 1
+    expected = sorted(np.datetime64(acq.start + dt.timedelta(seconds=13.5), "us") for acq in clear_enough)
+    np.testing.assert_array_equal(cube.time.values.astype("datetime64[us]"), expected)
+    assert cube.reflectance.dims == ("time", "band", "y", "x")
+    assert list(cube.band.values) == list(BANDS)
+    assert cube.reflectance.dtype == np.float32
+
+
+def test_partly_imaged_frame_keeps_its_valid_part(stac_api: str, catalog: SyntheticCatalog) -> None:
+    cube, selection = _cube(stac_api, catalog, 2021)
+    swath = next(catalog.scene_of(item.id) for item in selection.items if catalog.scene_of(item.id).acquisition.swath)
+    frame = cube.sel(time=np.datetime64(swath.sensing_time, "us"))
+    share = float(frame.valid.mean())
+    assert 0.2 < share < 0.8  # the western part was not imaged
+
+
+def test_cube_grid_is_exactly_the_tile_plus_halo(stac_api: str, earth_search_catalog: SyntheticCatalog) -> None:
+    """Two MGRS tiles with different pixel lattices overlap the site; the cube is on the tile grid."""
+    (tile,) = _tiles_of(DEFAULT_SITE)
+    for halo in (0, 16):
+        geobox = tile.load_geobox(halo)
+        selection = _select(stac_api, earth_search_catalog.collection_id, geobox, 2022)
+        assert len({info.mgrs_tile for info in selection.scenes}) == 2
+        cube = preprocess(load_selection(selection, geobox, BANDS), selection.scenes, BANDS, core=tile.geobox)
+        assert cube.odc.geobox == geobox
+        assert cube.odc.geobox.affine == tile.geobox.affine * tile.geobox.affine.translation(-halo, -halo)
+        assert cube.reflectance.shape[2:] == (1920 + 2 * halo, 1920 + 2 * halo)
+
+
+def test_unreadable_asset_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    catalog = build_catalog(tmp_path / "cat", "earth-search", CatalogSpec(years=(2022,), revisit_days=120))
+    broken = catalog.items[0]["assets"]["red"]["href"].removeprefix("file://")
+    Path(broken).unlink()  # as an asset answering 404 would be
+    static = str(write_static_catalog(catalog))
+    geobox = _site_geobox(catalog.scenes[0])
+    selection = _select(static, catalog.collection_id, geobox, 2022)
+    expected = r"unreadable asset skipped, its pixels masked: .*B04\.tif"
+    # Synchronous: xarray enters warnings.catch_warnings inside dask's threads, and Python < 3.14
+    # keeps that state per process, so a thread can undo pytest's recorder (the list is unaffected).
+    with (
+        dask.config.set(scheduler="synchronous"),
+        pytest.warns(ReadFailureWarning, match=expected),
+        report_read_failures() as failures,
+    ):
+        cube = preprocess(load_selection(selection, geobox, BANDS), selection.scenes, BANDS, geobox).compute()
+    assert len(failures) == 1
+    # The overpass is still there: the neighbouring MGRS tile's product fills it.
+    first = catalog.scenes[0]
+    assert np.datetime64(first.sensing_time, "us") in cube.time.values.astype("datetime64[us]")
+    shutil.rmtree(tmp_path / "cat")
+
+
+def test_two_tiles_on_a_cluster_equal_the_plain_load(tmp_path: Path) -> None:
+    """A site across a tile edge: both tiles' cubes computed by 2 worker processes equal numpy loads."""
+    site = Site(lon=15.2387, lat=46.2)  # straddles the edge of columns 26 and 27 of zone 33
+    spec = CatalogSpec(site=site, years=(2022,), revisit_days=120, duplicate_index=-1, swath_edge_index=-1)
+    catalog = build_catalog(tmp_path / "cat", "earth-search", spec)
+    tiles = _tiles_of(site)
+    assert len(tiles) == 2
+    with serve_catalogs([catalog], tmp_path / "api") as url:
+        selections = {tile: _select(url, catalog.collection_id, tile.load_geobox(), 2022) for tile in tiles}
+    plain = {
+        tile: preprocess(load_selection(sel, tile.load_geobox(), BANDS, chunk_px=None), sel.scenes, BANDS, tile.geobox)
+        for tile, sel in selections.items()
+    }
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,  # type: ignore[no-untyped-call]
+        Client(cluster) as client,  # type: ignore[no-untyped-call]
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", ResourceWarning)  # distributed's own sockets at shutdown
+        lazy = [
+            preprocess(load_selection(sel, tile.load_geobox(), BANDS, chunk_px=1024), sel.scenes, BANDS, tile.geobox)
+            for tile, sel in selections.items()
+        ]
+        assert all(cube.reflectance.chunks for cube in lazy)
+        computed = client.compute(lazy, sync=True)
+    for tile, cube in zip(tiles, computed, strict=True):
+        xr.testing.assert_identical(cube, plain[tile])
+        assert int(cube.valid.sum()) > 10_000  # the site holds data in both tiles
