@@ -194,3 +194,18 @@ def test_two_tiles_on_a_cluster_equal_the_plain_load(tmp_path: Path) -> None:
     for tile, cube in zip(tiles, computed, strict=True):
         xr.testing.assert_identical(cube, plain[tile])
         assert int(cube.valid.sum()) > 10_000  # the site holds data in both tiles
+
+
+def test_asset_urls_are_signed_at_read_time(stac_api: str, planetary_computer_catalog: SyntheticCatalog) -> None:
+    """Planetary Computer tokens expire: URLs go through the signer when read, not when searched."""
+    signed: list[str] = []
+
+    def sign(url: str) -> str:
+        signed.append(url)
+        return url
+
+    geobox = _site_geobox(planetary_computer_catalog.scenes[0])
+    selection = _select(stac_api, planetary_computer_catalog.collection_id, geobox, 2022)
+    load_selection(selection, geobox, BANDS, chunk_px=None, sign_url=sign)
+    assert len(signed) == len(selection.items) * (len(BANDS) + 1)
+    assert all(url.startswith("file://") for url in signed)

@@ -192,3 +192,16 @@ def test_period_interval_is_half_open() -> None:
     assert period.contains(dt.datetime(2021, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC))
     assert not period.contains(dt.datetime(2022, 1, 1, tzinfo=dt.UTC))
     assert period.label == "2021"
+
+
+def test_tiles_across_the_antimeridian_are_searched_on_both_sides() -> None:
+    from aef_pipeline.search import _bboxes
+
+    tiles = tiles_for_bbox(BBox(179.95, 65.0, -179.95, 65.05, crosses_antimeridian=True))
+    assert {tile.zone for tile in tiles} == {1, 60}
+    for tile in tiles:
+        area = tile.load_geobox().extent.to_crs("EPSG:4326", resolution=200, wrapdateline=True)
+        boxes = _bboxes(area)
+        assert len(boxes) == 2
+        assert all(-180 <= west < east <= 180 for west, _, east, _ in boxes)
+        assert {boxes[0][2], boxes[1][0]} == {180.0, -180.0}
