@@ -1,0 +1,16 @@
+"""The STP encoder: specs (models/*.toml), the network, timecodes and weights."""
+
+from aef_pipeline.model.spec import ModelSpec, load_spec
+from aef_pipeline.model.stp import STPEncoder
+from aef_pipeline.model.weights import CheckpointError, Provenance, build_model, parameter_count, save_weights
+
+__all__ = [
+    "CheckpointError",
+    "ModelSpec",
+    "Provenance",
+    "STPEncoder",
+    "build_model",
+    "load_spec",
+    "parameter_count",
+    "save_weights",
+]

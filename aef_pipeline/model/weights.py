@@ -1,0 +1,107 @@
+"""Model construction: deterministic initialisation from a seed, or a strict, hash-checked checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.model.spec import ModelSpec
+from aef_pipeline.model.stp import STPEncoder
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint does not match its spec (hash, keys or shapes); nothing was loaded."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a model's weights came from; written into every output's metadata."""
+
+    trained: bool
+    description: str
+    """"untrained: deterministic initialisation from seed 0" or "weights tiny.safetensors sha256 ..."."""
+
+
+def build_model(spec: ModelSpec) -> tuple[STPEncoder, Provenance]:
+    """The spec's encoder on CPU in eval mode, with its checkpoint or seeded initialisation."""
+    model = STPEncoder(spec)
+    if spec.weights.trained:
+        path = _weights_path(spec)
+        state = _read_checked(path, spec.weights.sha256)
+        _check_keys(model, state, path)
+        model.load_state_dict(state, strict=True)
+        provenance = Provenance(True, f"weights {path.name} sha256 {spec.weights.sha256}")
+    else:
+        initialise(model, spec.weights.seed)
+        provenance = Provenance(False, f"untrained: deterministic initialisation from seed {spec.weights.seed}")
+    return model.eval(), provenance
+
+
+def initialise(model: nn.Module, seed: int) -> None:
+    """Fill every parameter from a private generator, in name order: the same seed gives the same
+    model on any machine, without touching torch's global random state."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in sorted(model.named_parameters()):
+            if name.endswith("null"):
+                parameter.normal_(0.0, 0.02, generator=generator)
+            elif parameter.ndim == 1:  # biases and norm shifts zero, norm scales one
+                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
+            else:
+                # Truncated normal with std 1/sqrt(fan_in): unit-scale activations, so attention is
+                # not uniform at initialisation and the valid period visibly steers the summary
+                # (ViT's 0.02 would make an untrained model all but ignore it).
+                fan_in = math.prod(parameter.shape[1:])
+                parameter.copy_(_truncated_normal(parameter.shape, 1 / math.sqrt(fan_in), generator))
+
+
+def _truncated_normal(shape: torch.Size, std: float, generator: torch.Generator) -> torch.Tensor:
+    values = torch.randn(shape, generator=generator) * std
+    return values.clamp(-2 * std, 2 * std)
+
+
+def save_weights(model: nn.Module, path: Path) -> str:
+    """Write the model's state as safetensors; returns the file's sha256 for the spec."""
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _weights_path(spec: ModelSpec) -> Path:
+    base = spec.path.parent if spec.path else Path.cwd()
+    path = (base / spec.weights.file).resolve()
+    if not path.is_file():
+        raise CheckpointError(f"model {spec.name}: weights file {path} not found")
+    return path
+
+
+def _read_checked(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256.lower():
+        raise CheckpointError(f"weights {path} have sha256 {digest}, the spec expects {sha256}: refusing to load")
+    return load_file(str(path))
+
+
+def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse before copying anything, so a mismatch never leaves a half-loaded model."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in state.items()}
+    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    wrong = sorted(name for name in expected.keys() & got.keys() if expected[name] != got[name])
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if names
+        )
+        raise CheckpointError(f"weights {path} do not fit the spec ({detail}): refusing to load")
