@@ -1,0 +1,280 @@
+"""Stage 4b: the encoder over a cube of any size, in fixed windows on the global grid.
+
+    field = encode_cube(cube, Period.year(2022), model, spec, EncodeOptions(device="auto"))
+
+Windows are L x L pixels whose cores (L - 2 * context) sit on a lattice anchored at the UTM grid's
+origin, so a pixel's embedding comes from the same window whichever task, tile piece or batch
+computes it: results do not depend on how an area is split. With `overlap`, windows step by half
+a core and their unit vectors are blended with a sin^2 taper and renormalised.
+
+Per window, frames without any valid pixel are left out (exactly equivalent to masking them), and
+windows with similar frame counts are batched together, padded with masked frames to a multiple
+of `frame_bucket`; memory per batch is bounded by batch_size x frames x L^2.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from aef_pipeline.errors import AefWarning, UserInputError
+from aef_pipeline.grid import RESOLUTION_M
+from aef_pipeline.model import ModelSpec, Provenance, STPEncoder
+from aef_pipeline.model.timecode import to_ms
+from aef_pipeline.plan import Period
+from aef_pipeline.sentinel2 import QUANTIFICATION
+
+
+class DeviceFallbackWarning(AefWarning):
+    """`device="auto"` found no GPU and runs on the CPU."""
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to run the encoder; none of these change the result beyond float rounding."""
+
+    device: str = "auto"
+    """"auto" (CUDA when present, else CPU with a warning), "cpu", "cuda" or "cuda:N"."""
+    batch_size: int = 8
+    """Windows per forward pass."""
+    overlap: bool = False
+    """Windows every half core, blended; needs `required_halo(spec, True)` pixels of halo."""
+    frame_bucket: int = 8
+    """Frame counts are padded up to a multiple of this, so windows batch together."""
+
+
+@dataclass(frozen=True)
+class _Window:
+    row: int
+    """Top-left pixel of the window in the cube."""
+    col: int
+    frames: np.ndarray
+    """Indices of the cube frames with a valid pixel in this window."""
+
+
+def required_halo(spec: ModelSpec, overlap: bool) -> int:
+    """Pixels a cube needs around the area it encodes: the window context, plus half a core when
+    overlapping windows reach past the area's edge."""
+    return spec.context + (spec.core // 2 if overlap else 0)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for `name`; a missing GPU is an error unless "auto" was asked for."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        warnings.warn("no CUDA device found: encoding on the CPU (slow for large areas)", DeviceFallbackWarning, 2)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"device {name!r} is not understood: use auto, cpu, cuda or cuda:N") from None
+
+
+def encode_cube(
+    cube: xr.Dataset, period: Period, model: STPEncoder, spec: ModelSpec, options: EncodeOptions = EncodeOptions()
+) -> xr.Dataset:
+    """Embeddings of the cube's inner area (the cube minus `required_halo` on each side).
+
+    Returns `embedding` (dim, y, x) float32 unit vectors, NaN where a pixel had no valid
+    observation, and `observations` (y, x) int16, the valid frames per pixel.
+    """
+    _check_bands(cube, spec)
+    halo = required_halo(spec, options.overlap)
+    height, width = _inner_shape(cube, spec, halo)
+    device = resolve_device(options.device)
+    model = model.to(device)
+    stride = spec.core // 2 if options.overlap else spec.core
+    times = torch.from_numpy(cube.time.values.astype("datetime64[ms]").astype(np.int64))
+    period_ms = torch.tensor([to_ms(period.start), to_ms(period.end)], dtype=torch.int64)
+    total = np.zeros((spec.output_dim, height, width), np.float64)
+    for row_block, windows in _window_rows(cube, spec, stride, height, width):
+        for batch in _batches(windows, options):
+            vectors = _run(model, spec, row_block, batch, times, period_ms, device, options)
+            _accumulate(total, vectors, batch, spec, halo, options.overlap)
+    return _assemble(cube, total, halo, height, width, spec)
+
+
+def _check_bands(cube: xr.Dataset, spec: ModelSpec) -> None:
+    got = tuple(str(b) for b in cube.band.values)
+    if got != spec.bands:
+        raise UserInputError(
+            f"the cube's bands {', '.join(got)} do not match model {spec.name}'s {', '.join(spec.bands)} "
+            "(count and order): preprocess with the spec's bands"
+        )
+
+
+def _inner_shape(cube: xr.Dataset, spec: ModelSpec, halo: int) -> tuple[int, int]:
+    rows, cols = cube.sizes["y"], cube.sizes["x"]
+    height, width = rows - 2 * halo, cols - 2 * halo
+    if height < spec.core or width < spec.core:
+        raise UserInputError(
+            f"the cube ({rows} x {cols} px) is smaller than one {spec.window} px window of model {spec.name} "
+            f"with its {halo} px halo: load at least {spec.core + 2 * halo} px per side"
+        )
+    affine = cube.odc.geobox.affine
+    col0 = round(affine.c / RESOLUTION_M) + halo
+    row0 = round(affine.f / RESOLUTION_M) - halo  # northing index of the inner area's top edge
+    if height % spec.core or width % spec.core or col0 % spec.core or row0 % spec.core:
+        raise UserInputError(
+            f"the cube's inner area ({height} x {width} px at column {col0}, northing row {row0}) is not made "
+            f"of whole {spec.core} px window cores of the global grid: load a tile (or a piece of one on "
+            f"{spec.core} px boundaries) padded by {halo} px"
+        )
+    return height, width
+
+
+def _window_rows(
+    cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int
+) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], list[_Window]]]:
+    """One row of windows at a time, with the cube rows it needs read once (bounded memory).
+
+    Window k's input starts at cube pixel k * stride on each axis: without overlap its core is
+    the k-th core of the inner area; with overlap the cores start half a core before the area
+    and step by half a core, one more per axis.
+    """
+    extra = 0 if stride == spec.core else 1
+    for top in range(0, (height // stride + extra) * stride, stride):
+        rows = cube.isel(y=slice(top, top + spec.window))
+        reflectance = np.asarray(rows.reflectance.values, dtype=np.float32)  # (T, C, L, W)
+        valid = np.asarray(rows.valid.values, dtype=bool) & np.isfinite(reflectance).all(axis=1)
+        windows = []
+        for left in range(0, (width // stride + extra) * stride, stride):
+            frames = np.flatnonzero(valid[:, :, left : left + spec.window].any(axis=(1, 2)))
+            if frames.size:
+                windows.append(_Window(top, left, frames))
+        yield (reflectance, valid), windows
+
+
+def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[list[_Window]]:
+    """Windows grouped by padded frame count, in batches of at most batch_size."""
+    buckets: dict[int, list[_Window]] = defaultdict(list)
+    for window in windows:
+        buckets[math.ceil(window.frames.size / options.frame_bucket)].append(window)
+    for _, members in sorted(buckets.items()):
+        for start in range(0, len(members), options.batch_size):
+            yield members[start : start + options.batch_size]
+
+
+def _run(
+    model: STPEncoder,
+    spec: ModelSpec,
+    row_block: tuple[np.ndarray, np.ndarray],
+    batch: list[_Window],
+    times: torch.Tensor,
+    period_ms: torch.Tensor,
+    device: torch.device,
+    options: EncodeOptions,
+) -> np.ndarray:
+    """(len(batch), dim, L, L) unit vectors for one batch of windows."""
+    reflectance, valid = row_block
+    frames = max(w.frames.size for w in batch)
+    frames = math.ceil(frames / options.frame_bucket) * options.frame_bucket
+    size, bands = spec.window, len(spec.bands)
+    x = np.zeros((len(batch), frames, bands, size, size), np.float32)
+    mask = np.zeros((len(batch), frames, size, size), bool)
+    t = np.zeros((len(batch), frames), np.int64)
+    for i, window in enumerate(batch):
+        n, cols = window.frames.size, slice(window.col, window.col + size)
+        x[i, :n] = reflectance[window.frames][:, :, :, cols]
+        mask[i, :n] = valid[window.frames][:, :, cols]
+        t[i, :n] = times.numpy()[window.frames]
+    inputs = normalise(x, mask, spec)
+    with torch.inference_mode(), _autocast(device):
+        out: torch.Tensor = model(
+            torch.from_numpy(inputs).to(device),
+            torch.from_numpy(mask).to(device),
+            torch.from_numpy(t).to(device),
+            period_ms.expand(len(batch), 2).to(device),
+        )
+    vectors: np.ndarray = out.float().cpu().numpy()
+    return vectors
+
+
+def normalise(reflectance: np.ndarray, valid: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The spec's input scaling: log1p of the harmonised DN (reflectance * 10000, negatives at 0),
+    per-band z-score, clipped; zero where invalid (and the mask says so)."""
+    dn = np.clip(np.nan_to_num(reflectance, nan=0.0) * QUANTIFICATION, 0, None)
+    shape = (1, 1, len(spec.bands), 1, 1)
+    mean = np.asarray(spec.normalisation.mean, np.float32).reshape(shape)
+    std = np.asarray(spec.normalisation.std, np.float32).reshape(shape)
+    clip = spec.normalisation.clip
+    scaled = np.clip((np.log1p(dn) - mean) / std, -clip, clip).astype(np.float32)
+    return np.where(valid[:, :, None], scaled, np.float32(0.0))
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA (tensor cores); float32 on CPU, where bf16 is slower and less exact.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _accumulate(
+    total: np.ndarray, vectors: np.ndarray, batch: list[_Window], spec: ModelSpec, halo: int, overlap: bool
+) -> None:
+    """Add each window's core (tapered when overlapping) into the inner-area total."""
+    core, context = spec.core, spec.context
+    taper = _taper(core) if overlap else np.ones((core, core), np.float64)
+    for window, vector in zip(batch, vectors, strict=True):
+        top, left = window.row + context - halo, window.col + context - halo  # core origin, inner coords
+        rows = slice(max(top, 0), min(top + core, total.shape[1]))
+        cols = slice(max(left, 0), min(left + core, total.shape[2]))
+        crop_r = slice(rows.start - top, rows.stop - top)
+        crop_c = slice(cols.start - left, cols.stop - left)
+        weight = taper[crop_r, crop_c]
+        total[:, rows, cols] += (
+            vector[:, context : context + core, context : context + core][:, crop_r, crop_c] * weight
+        )
+
+
+def _taper(core: int) -> np.ndarray:
+    """sin^2 weights over a core: with half-core steps they sum to one along each axis."""
+    ramp = np.sin(np.pi * (np.arange(core) + 0.5) / core) ** 2
+    return np.outer(ramp, ramp)
+
+
+def _assemble(cube: xr.Dataset, total: np.ndarray, halo: int, height: int, width: int, spec: ModelSpec) -> xr.Dataset:
+    inner = cube.isel(y=slice(halo, halo + height), x=slice(halo, halo + width))
+    observations = inner.valid.sum("time").astype(np.int16)
+    norm = np.linalg.norm(total, axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = (total / norm).astype(np.float32)
+    unit[:, observations.values == 0] = np.nan
+    unit[:, (norm[0] == 0)] = np.nan
+    embedding = xr.DataArray(unit, dims=("dim", "y", "x"), coords={"dim": np.arange(spec.output_dim)})
+    out = xr.Dataset({"embedding": embedding.assign_coords(y=inner.y, x=inner.x), "observations": observations})
+    return out.drop_vars([name for name in out.coords if name not in ("dim", "y", "x", "spatial_ref")])
+
+
+def seam_ratio(embedding: np.ndarray, core: int) -> float:
+    """Mean cosine similarity of neighbouring pixels across window-core boundaries divided by the
+    same within cores (1.0: no visible seams). `embedding` (dim, H, W) starts on a core boundary."""
+    across, within = [], []
+    for axis in (1, 2):
+        a = np.take(embedding, np.arange(embedding.shape[axis] - 1), axis=axis)
+        b = np.take(embedding, np.arange(1, embedding.shape[axis]), axis=axis)
+        cosine = (a * b).sum(axis=0)  # unit vectors
+        boundary = (np.arange(embedding.shape[axis] - 1) + 1) % core == 0
+        lines = cosine if axis == 2 else cosine.T
+        across.append(lines[:, boundary].ravel())
+        within.append(lines[:, ~boundary].ravel())
+    return float(np.nanmean(np.concatenate(across)) / np.nanmean(np.concatenate(within)))
+
+
+__all__ = [
+    "DeviceFallbackWarning",
+    "EncodeOptions",
+    "Provenance",
+    "encode_cube",
+    "required_halo",
+    "resolve_device",
+    "seam_ratio",
+]

@@ -1,0 +1,232 @@
+"""The STP encoder: unit vectors, masking, frame order, continuous time, split invariance, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from odc.geo.xr import xr_coords
+
+from aef_pipeline.encode import (
+    DeviceFallbackWarning,
+    EncodeOptions,
+    encode_cube,
+    required_halo,
+    resolve_device,
+    seam_ratio,
+)
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import TileId
+from aef_pipeline.model import CheckpointError, STPEncoder, build_model, load_spec, parameter_count, save_weights
+from aef_pipeline.model.flops import flops_per_window
+from aef_pipeline.model.spec import WeightsSpec
+from aef_pipeline.model.timecode import timecode, to_ms
+from aef_pipeline.plan import Period
+
+SPEC = load_spec("tiny")
+DAY_MS = 86_400_000
+T0 = to_ms(dt.datetime(2021, 1, 5, 10, 30, tzinfo=dt.UTC))
+TILE = TileId(33, "N", 26, 266)
+
+
+@pytest.fixture(scope="module")
+def model() -> STPEncoder:
+    return build_model(SPEC)[0]
+
+
+def _inputs(frames: int = 12, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    size = SPEC.window
+    valid = torch.rand(1, frames, size, size, generator=g) > 0.3
+    x = torch.randn(1, frames, len(SPEC.bands), size, size, generator=g) * valid[:, :, None]
+    t = torch.tensor([[T0 + DAY_MS * 29 * i + 3_600_000 * i for i in range(frames)]])
+    period = torch.tensor(
+        [[to_ms(dt.datetime(2021, 1, 1, tzinfo=dt.UTC)), to_ms(dt.datetime(2022, 1, 1, tzinfo=dt.UTC))]]
+    )
+    return x, valid, t, period
+
+
+def _run(
+    model: STPEncoder, x: torch.Tensor, valid: torch.Tensor, t: torch.Tensor, period: torch.Tensor
+) -> torch.Tensor:
+    with torch.inference_mode():
+        out: torch.Tensor = model(x, valid, t, period)
+    return out
+
+
+def test_output_is_unit_vectors_per_pixel(model: STPEncoder) -> None:
+    out = _run(model, *_inputs())
+    assert out.shape == (1, 64, SPEC.window, SPEC.window)
+    assert torch.allclose(out.norm(dim=1), torch.ones(()), atol=1e-5)
+
+
+def test_a_masked_frame_equals_a_dropped_frame_and_order_does_not_matter(model: STPEncoder) -> None:
+    x, valid, t, period = _inputs()
+    valid[:, 4] = False
+    x[:, 4] = 5.0  # whatever a masked frame holds must not matter
+    full = _run(model, x, valid, t, period)
+    keep = [i for i in range(x.shape[1]) if i != 4]
+    dropped = _run(model, x[:, keep], valid[:, keep], t[:, keep], period)
+    assert (full - dropped).abs().max() <= 1e-6
+    order = torch.randperm(x.shape[1], generator=torch.Generator().manual_seed(3))
+    shuffled = _run(model, x[:, order], valid[:, order], t[:, order], period)
+    assert (full - shuffled).abs().max() <= 1e-6
+
+
+def test_the_valid_period_steers_the_summary_smoothly(model: STPEncoder) -> None:
+    x, valid, t, period = _inputs()
+    base = _run(model, x, valid, t, period)
+
+    def change(days: int) -> float:
+        other = _run(model, x, valid, t, period + days * DAY_MS)
+        return float((1 - (base * other).sum(dim=1)).mean())
+
+    one_day, half_year = change(1), change(182)
+    assert half_year > 1e-3  # different periods, different embeddings
+    assert one_day < half_year / 20
+
+
+def test_timecodes_resolve_a_day_decades_from_the_epoch() -> None:
+    times = torch.tensor([to_ms(dt.datetime(2047, 3, 1, tzinfo=dt.UTC)) + k * DAY_MS for k in range(2)])
+    codes = timecode(times, SPEC.timecode)
+    assert codes.dtype == torch.float32
+    assert (codes[0] - codes[1]).abs().max() > 0.5  # the ~2-day sinusoid flips sign
+    # Exact to float32 rounding against the same formula in Python's float64, 47 years from 2000.
+    days = (int(times[0]) - to_ms(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))) / DAY_MS
+    periods = np.geomspace(SPEC.timecode.shortest_days, SPEC.timecode.longest_days, SPEC.timecode.frequencies)
+    expected = np.concatenate([np.sin(2 * np.pi * days / periods), np.cos(2 * np.pi * days / periods)])
+    np.testing.assert_allclose(codes[0].numpy(), expected, atol=1e-6)
+
+
+def test_initialisation_is_deterministic_and_seeded() -> None:
+    a, provenance = build_model(SPEC)
+    b, _ = build_model(SPEC)
+    c, _ = build_model(dataclasses.replace(SPEC, weights=WeightsSpec("", "", seed=1)))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+    assert not provenance.trained
+    assert provenance.description == "untrained: deterministic initialisation from seed 0"
+
+
+def test_checkpoints_load_strictly_and_check_their_hash(tmp_path: Path, model: STPEncoder) -> None:
+    path = tmp_path / "tiny.safetensors"
+    digest = save_weights(model, path)
+    spec = dataclasses.replace(SPEC, weights=WeightsSpec(path.name, digest, seed=0), path=tmp_path / "tiny.toml")
+    loaded, provenance = build_model(spec)
+    assert provenance.trained
+    assert digest in provenance.description
+    assert torch.equal(_run(loaded, *_inputs()), _run(model, *_inputs()))
+    with pytest.raises(CheckpointError, match=r"have sha256 [0-9a-f]{64}, the spec expects 0{64}: refusing"):
+        build_model(dataclasses.replace(spec, weights=WeightsSpec(path.name, "0" * 64, seed=0)))
+    other = dataclasses.replace(SPEC, depth=3)
+    with pytest.raises(CheckpointError, match=r"do not fit the spec \(missing: blocks\.2\."):
+        build_model(dataclasses.replace(other, weights=WeightsSpec(path.name, digest, seed=0), path=spec.path))
+
+
+def test_spec_sizes_and_flops() -> None:
+    tiny_model, _ = build_model(SPEC)
+    assert parameter_count(tiny_model) < 3_000_000
+    paper = load_spec("paper")
+    widths = (paper.space_width, paper.time_width, paper.precision_width)
+    assert (paper.depth, widths, paper.window) == (15, (1024, 512, 128), 128)
+    assert paper.core == 96
+    small, large = flops_per_window(SPEC, 10), flops_per_window(SPEC, 20)
+    assert 1.8 < large / small < 2.1  # almost linear in frames: time attention is the quadratic part
+
+
+def test_unknown_spec_lists_the_known_ones() -> None:
+    with pytest.raises(UserInputError, match=r"model spec 'huge' not found .*known specs: paper, tiny"):
+        load_spec("huge")
+
+
+# --- over cubes ---------------------------------------------------------------------------------
+
+
+def _cube(rows: int, cols: int, halo: int, frames: int = 9, seed: int = 0) -> xr.Dataset:
+    """A random cube on the tile grid: `rows` x `cols` inner pixels from the tile's corner + halo."""
+    geobox = TILE.geobox[0:rows, 0:cols].pad(halo)
+    rng = np.random.default_rng(seed)
+    shape = (frames, len(SPEC.bands), *geobox.shape)
+    reflectance = rng.uniform(0.01, 0.4, shape).astype(np.float32)
+    valid = rng.random((frames, *geobox.shape)) > 0.25
+    valid[2] = False  # a frame without any valid pixel
+    reflectance[:, :, :, :][~np.broadcast_to(valid[:, None], shape)] = np.nan
+    times = np.array([np.datetime64("2021-01-03T09:30:16.500") + np.timedelta64(40 * i, "D") for i in range(frames)])
+    coords = {"time": times, "band": list(SPEC.bands), **xr_coords(geobox)}
+    return xr.Dataset(
+        {"reflectance": (("time", "band", "y", "x"), reflectance), "valid": (("time", "y", "x"), valid)}, coords=coords
+    )
+
+
+def test_one_piece_equals_two_by_two_pieces(model: STPEncoder) -> None:
+    halo, core = required_halo(SPEC, overlap=False), SPEC.core
+    whole = _cube(4 * core, 4 * core, halo)
+    full = encode_cube(whole, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", batch_size=5))
+    for r in (0, 2 * core):
+        for c in (0, 2 * core):
+            piece = whole.isel(y=slice(r, r + 2 * core + 2 * halo), x=slice(c, c + 2 * core + 2 * halo))
+            part = encode_cube(piece, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", batch_size=2))
+            expected = full.embedding.isel(y=slice(r, r + 2 * core), x=slice(c, c + 2 * core))
+            assert np.nanmax(np.abs(part.embedding.values - expected.values)) <= 1e-6
+    norms = np.linalg.norm(full.embedding.values, axis=0)
+    assert np.allclose(norms[np.isfinite(norms)], 1.0, atol=1e-5)
+    assert full.embedding.shape == (64, 4 * core, 4 * core)
+    assert (full.observations.values == whole.valid.isel(y=slice(halo, -halo), x=slice(halo, -halo)).sum("time")).all()
+
+
+def test_overlap_blends_unit_vectors(model: STPEncoder) -> None:
+    halo = required_halo(SPEC, overlap=True)
+    cube = _cube(2 * SPEC.core, 2 * SPEC.core, halo)
+    out = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", overlap=True))
+    norms = np.linalg.norm(out.embedding.values, axis=0)
+    assert np.allclose(norms, 1.0, atol=1e-5)
+    assert 0 < seam_ratio(out.embedding.values, SPEC.core) <= 1.5
+
+
+def test_nan_inputs_are_masked_not_propagated(model: STPEncoder) -> None:
+    halo = required_halo(SPEC, overlap=False)
+    cube = _cube(SPEC.core, SPEC.core, halo)
+    cube["reflectance"][0, 1, 5:9, 5:9] = np.nan  # NaN in one band where the mask says valid
+    cube["valid"][0, 5:9, 5:9] = True
+    out = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu"))
+    assert np.isfinite(out.embedding.values).all()
+
+
+def test_bad_cubes_are_refused(model: STPEncoder) -> None:
+    halo = required_halo(SPEC, overlap=False)
+    cube = _cube(SPEC.core, SPEC.core, halo)
+    options = EncodeOptions(device="cpu")
+    with pytest.raises(UserInputError, match="bands B03, B02, B04, B08, B11 do not match model tiny's B02, B03"):
+        encode_cube(cube.isel(band=[1, 0, 2, 3, 4]), Period.year(2021), model, SPEC, options)
+    with pytest.raises(UserInputError, match="do not match"):
+        encode_cube(cube.isel(band=[0, 1, 2, 3]), Period.year(2021), model, SPEC, options)
+    with pytest.raises(UserInputError, match="smaller than one 32 px window of model tiny with its 8 px halo"):
+        encode_cube(cube.isel(y=slice(0, 20)), Period.year(2021), model, SPEC, options)
+    with pytest.raises(UserInputError, match="not made of whole 16 px window cores of the global grid"):
+        encode_cube(_cube(3 * SPEC.core, 3 * SPEC.core, halo).isel(x=slice(3, None)), Period.year(2021), model, SPEC,
+                    options)  # fmt: skip
+
+
+def test_devices() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the fallback cannot be seen")
+    with pytest.raises(UserInputError, match="device 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.warns(DeviceFallbackWarning, match="no CUDA device found: encoding on the CPU"):
+        assert resolve_device("auto").type == "cpu"
+    with pytest.raises(UserInputError, match="device 'tpu7' is not understood"):
+        resolve_device("tpu7")
+
+
+def test_seam_ratio_sees_blocks() -> None:
+    smooth = np.zeros((2, 32, 32), np.float32)
+    smooth[0] = 1.0
+    assert seam_ratio(smooth, 16) == pytest.approx(1.0)
+    blocky = smooth.copy()
+    blocky[:, :, 16:] = np.array([0.0, 1.0], np.float32)[:, None, None]
+    assert seam_ratio(blocky, 16) < 0.7
