@@ -48,6 +48,9 @@ class EncodeOptions:
     """Windows every half core, blended; needs `required_halo(spec, True)` pixels of halo."""
     frame_bucket: int = 8
     """Frame counts are padded up to a multiple of this, so windows batch together."""
+    frames_per_batch: int = 1024
+    """At most this many (window, frame) pairs per forward: a batch of long time series shrinks so
+    memory stays bounded whatever a year holds (a full year is 70-150 frames per window)."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def encode_cube(
-    cube: xr.Dataset, period: Period, model: STPEncoder, spec: ModelSpec, options: EncodeOptions = EncodeOptions()
+    cube: xr.Dataset,
+    period: Period,
+    model: STPEncoder,
+    spec: ModelSpec,
+    options: EncodeOptions = EncodeOptions(),
+    *,
+    provenance: Provenance,
 ) -> xr.Dataset:
     """Embeddings of the cube's inner area (the cube minus `required_halo` on each side).
 
     Returns `embedding` (dim, y, x) float32 unit vectors, NaN where a pixel had no valid
-    observation, and `observations` (y, x) int16, the valid frames per pixel.
+    observation, and `observations` (y, x) int16, the valid frames per pixel. The attributes say
+    which model made them and whether its weights are trained (`provenance`, from build_model).
     """
     _check_bands(cube, spec)
     halo = required_halo(spec, options.overlap)
@@ -101,7 +111,14 @@ def encode_cube(
         for batch in _batches(windows, options):
             vectors = _run(model, spec, row_block, batch, times, period_ms, device, options)
             _accumulate(total, vectors, batch, spec, halo, options.overlap)
-    return _assemble(cube, total, halo, height, width, spec)
+    field = _assemble(cube, total, halo, height, width, spec)
+    field.attrs.update(
+        model=spec.name,
+        model_weights=provenance.description,
+        model_trained=int(provenance.trained),
+        valid_period=f"[{period.start.isoformat()}, {period.end.isoformat()})",
+    )
+    return field
 
 
 def _check_bands(cube: xr.Dataset, spec: ModelSpec) -> None:
@@ -160,9 +177,10 @@ def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[list[_W
     buckets: dict[int, list[_Window]] = defaultdict(list)
     for window in windows:
         buckets[math.ceil(window.frames.size / options.frame_bucket)].append(window)
-    for _, members in sorted(buckets.items()):
-        for start in range(0, len(members), options.batch_size):
-            yield members[start : start + options.batch_size]
+    for bucket, members in sorted(buckets.items()):
+        size = max(1, min(options.batch_size, options.frames_per_batch // (bucket * options.frame_bucket)))
+        for start in range(0, len(members), size):
+            yield members[start : start + size]
 
 
 def _run(

@@ -16,14 +16,13 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo, resolve_device, seam_ratio
 from aef_pipeline.grid import BBox, tiles_for_bbox
 from aef_pipeline.load import load_selection
-from aef_pipeline.model import ModelSpec, build_model, load_spec, parameter_count
+from aef_pipeline.model import ModelSpec, Provenance, STPEncoder, build_model, load_spec, parameter_count
 from aef_pipeline.model.flops import flops_per_window
 from aef_pipeline.plan import Period
 from aef_pipeline.preprocess import preprocess
@@ -52,7 +51,7 @@ def main() -> None:
         for overlap in {"both": (False, True), "off": (False,), "on": (True,)}[args.overlap]:
             cube, area = _site_cube(url, catalog, spec, cores, required_halo(spec, overlap), args.year)
             options = EncodeOptions(device=str(device), batch_size=args.batch_size, overlap=overlap)
-            _report(cube, area, spec, model, options, args.year)
+            _report(cube, area, spec, (model, provenance), options, args.year)
 
 
 def _site_cube(
@@ -69,11 +68,13 @@ def _site_cube(
     return preprocess(loaded, selection.scenes, spec.bands, core=area), area
 
 
-def _report(cube: xr.Dataset, area: GeoBox, spec: ModelSpec, model: torch.nn.Module, options: EncodeOptions,
-            year: int) -> None:  # fmt: skip
+def _report(
+    cube: xr.Dataset, area: GeoBox, spec: ModelSpec, built: tuple[STPEncoder, Provenance], options: EncodeOptions,
+    year: int,
+) -> None:  # fmt: skip
     frames = cube.sizes["time"]
     start = time.perf_counter()
-    field = encode_cube(cube, Period.year(year), model, spec, options)  # type: ignore[arg-type]
+    field = encode_cube(cube, Period.year(year), built[0], spec, options, provenance=built[1])
     seconds = time.perf_counter() - start
     pixels = area.shape[0] * area.shape[1]
     windows = (area.shape[0] // (spec.core // (2 if options.overlap else 1)) + int(options.overlap)) ** 2

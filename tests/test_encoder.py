@@ -32,6 +32,7 @@ SPEC = load_spec("tiny")
 DAY_MS = 86_400_000
 T0 = to_ms(dt.datetime(2021, 1, 5, 10, 30, tzinfo=dt.UTC))
 TILE = TileId(33, "N", 26, 266)
+PROVENANCE = build_model(SPEC)[1]
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +167,15 @@ def _cube(rows: int, cols: int, halo: int, frames: int = 9, seed: int = 0) -> xr
 def test_one_piece_equals_two_by_two_pieces(model: STPEncoder) -> None:
     halo, core = required_halo(SPEC, overlap=False), SPEC.core
     whole = _cube(4 * core, 4 * core, halo)
-    full = encode_cube(whole, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", batch_size=5))
+    full = encode_cube(
+        whole, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", batch_size=5), provenance=PROVENANCE
+    )
     for r in (0, 2 * core):
         for c in (0, 2 * core):
             piece = whole.isel(y=slice(r, r + 2 * core + 2 * halo), x=slice(c, c + 2 * core + 2 * halo))
-            part = encode_cube(piece, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", batch_size=2))
+            part = encode_cube(
+                piece, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", batch_size=2), provenance=PROVENANCE
+            )
             expected = full.embedding.isel(y=slice(r, r + 2 * core), x=slice(c, c + 2 * core))
             assert np.nanmax(np.abs(part.embedding.values - expected.values)) <= 1e-6
     norms = np.linalg.norm(full.embedding.values, axis=0)
@@ -179,10 +184,39 @@ def test_one_piece_equals_two_by_two_pieces(model: STPEncoder) -> None:
     assert (full.observations.values == whole.valid.isel(y=slice(halo, -halo), x=slice(halo, -halo)).sum("time")).all()
 
 
+def test_overlap_is_split_invariant_too(model: STPEncoder) -> None:
+    halo, core = required_halo(SPEC, overlap=True), SPEC.core
+    whole = _cube(2 * core, 2 * core, halo, seed=4)
+    options = EncodeOptions(device="cpu", overlap=True)
+    full = encode_cube(whole, Period.year(2021), model, SPEC, options, provenance=PROVENANCE)
+    piece = whole.isel(y=slice(core, None), x=slice(0, core + 2 * halo))
+    part = encode_cube(piece, Period.year(2021), model, SPEC, options, provenance=PROVENANCE)
+    expected = full.embedding.isel(y=slice(core, None), x=slice(0, core))
+    assert np.nanmax(np.abs(part.embedding.values - expected.values)) <= 1e-6
+
+
+def test_outputs_say_the_model_is_untrained(model: STPEncoder) -> None:
+    cube = _cube(SPEC.core, SPEC.core, required_halo(SPEC, overlap=False))
+    out = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu"), provenance=PROVENANCE)
+    assert out.attrs["model_trained"] == 0
+    assert out.attrs["model_weights"] == "untrained: deterministic initialisation from seed 0"
+    assert out.attrs["valid_period"] == "[2021-01-01T00:00:00+00:00, 2022-01-01T00:00:00+00:00)"
+
+
+def test_long_time_series_shrink_the_batch_not_the_result(model: STPEncoder) -> None:
+    cube = _cube(2 * SPEC.core, 2 * SPEC.core, required_halo(SPEC, overlap=False), frames=40)
+    wide = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu"), provenance=PROVENANCE)
+    narrow = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", frames_per_batch=40),
+                         provenance=PROVENANCE)  # fmt: skip
+    assert np.nanmax(np.abs(wide.embedding.values - narrow.embedding.values)) <= 1e-6
+
+
 def test_overlap_blends_unit_vectors(model: STPEncoder) -> None:
     halo = required_halo(SPEC, overlap=True)
     cube = _cube(2 * SPEC.core, 2 * SPEC.core, halo)
-    out = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", overlap=True))
+    out = encode_cube(
+        cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu", overlap=True), provenance=PROVENANCE
+    )
     norms = np.linalg.norm(out.embedding.values, axis=0)
     assert np.allclose(norms, 1.0, atol=1e-5)
     assert 0 < seam_ratio(out.embedding.values, SPEC.core) <= 1.5
@@ -193,7 +227,7 @@ def test_nan_inputs_are_masked_not_propagated(model: STPEncoder) -> None:
     cube = _cube(SPEC.core, SPEC.core, halo)
     cube["reflectance"][0, 1, 5:9, 5:9] = np.nan  # NaN in one band where the mask says valid
     cube["valid"][0, 5:9, 5:9] = True
-    out = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu"))
+    out = encode_cube(cube, Period.year(2021), model, SPEC, EncodeOptions(device="cpu"), provenance=PROVENANCE)
     assert np.isfinite(out.embedding.values).all()
 
 
@@ -202,14 +236,14 @@ def test_bad_cubes_are_refused(model: STPEncoder) -> None:
     cube = _cube(SPEC.core, SPEC.core, halo)
     options = EncodeOptions(device="cpu")
     with pytest.raises(UserInputError, match="bands B03, B02, B04, B08, B11 do not match model tiny's B02, B03"):
-        encode_cube(cube.isel(band=[1, 0, 2, 3, 4]), Period.year(2021), model, SPEC, options)
+        encode_cube(cube.isel(band=[1, 0, 2, 3, 4]), Period.year(2021), model, SPEC, options, provenance=PROVENANCE)
     with pytest.raises(UserInputError, match="do not match"):
-        encode_cube(cube.isel(band=[0, 1, 2, 3]), Period.year(2021), model, SPEC, options)
+        encode_cube(cube.isel(band=[0, 1, 2, 3]), Period.year(2021), model, SPEC, options, provenance=PROVENANCE)
     with pytest.raises(UserInputError, match="smaller than one 32 px window of model tiny with its 8 px halo"):
-        encode_cube(cube.isel(y=slice(0, 20)), Period.year(2021), model, SPEC, options)
+        encode_cube(cube.isel(y=slice(0, 20)), Period.year(2021), model, SPEC, options, provenance=PROVENANCE)
+    shifted = _cube(3 * SPEC.core, 3 * SPEC.core, halo).isel(x=slice(3, None))
     with pytest.raises(UserInputError, match="not made of whole 16 px window cores of the global grid"):
-        encode_cube(_cube(3 * SPEC.core, 3 * SPEC.core, halo).isel(x=slice(3, None)), Period.year(2021), model, SPEC,
-                    options)  # fmt: skip
+        encode_cube(shifted, Period.year(2021), model, SPEC, options, provenance=PROVENANCE)
 
 
 def test_devices() -> None:
