@@ -156,14 +156,10 @@ class TransformerBlock(nn.Module):
             v = torch.cat([self.null[1].expand(n, 1, width), v], dim=1)
             always = torch.ones(n, 1, dtype=torch.bool, device=x.device)
             mask = torch.cat([always, key_valid], dim=1)[:, None, None, :]
-        q, k, v = (self._split(z) for z in (q, k, v))
+        q, k, v = (_split_heads(z, self.heads) for z in (q, k, v))
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out: torch.Tensor = self.out(attended.transpose(1, 2).reshape(n, length, width))
         return out
-
-    def _split(self, z: torch.Tensor) -> torch.Tensor:
-        n, length, width = z.shape
-        return z.reshape(n, length, self.heads, width // self.heads).transpose(1, 2)
 
 
 class ConvBlock(nn.Module):
@@ -228,14 +224,16 @@ class PeriodPooling(nn.Module):
         values = torch.cat([self.null[1].expand(b, h, w, 1, width), values], dim=3).reshape(b * h * w, n + 1, width)
         key_valid = valid.permute(0, 2, 3, 1).reshape(b * h * w, n)
         mask = torch.cat([torch.ones_like(key_valid[:, :1]), key_valid], dim=1)[:, None, None, :]
-        q, k, v = (self._split(z) for z in (query.reshape(b * h * w, 1, width), keys, values))
+        q, k, v = (_split_heads(z, self.heads) for z in (query.reshape(b * h * w, 1, width), keys, values))
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, h, w, width)
         out: torch.Tensor = self.out(pooled)
         return out.permute(0, 3, 1, 2)
 
-    def _split(self, z: torch.Tensor) -> torch.Tensor:
-        n, length, width = z.shape
-        return z.reshape(n, length, self.heads, width // self.heads).transpose(1, 2)
+
+def _split_heads(z: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, length, width) -> (N, heads, length, width / heads)."""
+    n, length, width = z.shape
+    return z.reshape(n, length, heads, width // heads).transpose(1, 2)
 
 
 def _tokens(space: torch.Tensor) -> torch.Tensor:
