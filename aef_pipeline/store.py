@@ -1,0 +1,361 @@
+"""Stage 5: the embedding field store, Zarr v3 written through xarray.
+
+    store = create_store(path, tiles, periods, layout)       # template, once, before any task
+    write_tile(path, tile, period, field, record)             # one task: whole shards, then a record
+    finalize(path)                                            # consolidated metadata, once at the end
+    ds = open_embeddings(path, zone="33N")                    # float32 unit vectors, NaN nodata
+
+One group per UTM zone and hemisphere ("33N"). In it, `embedding` (time, y, x, band) holds int8
+with the AlphaEarth quantisation (nodata -128) or float16/float32; `observations` (time, y, x)
+counts the valid frames behind each pixel. A shard is exactly one work tile for one period, so
+every task writes whole shards and never touches a neighbour's. A JSON record per (tile, period),
+written after its data, says the tile is complete and how it was made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401 (registers the .rio accessor)
+import xarray as xr
+import zarr
+
+from aef_pipeline import __version__
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, TileId, utm_epsg
+from aef_pipeline.plan import Period
+
+NODATA_INT8 = -128
+BANDS = tuple(f"A{i:02d}" for i in range(64))
+# Inner chunk: 128 x 128 px x 64 bands = 1 MiB of int8. A pixel's whole vector sits in one chunk
+# (per-pixel reads touch one chunk per year), and an area read of a 1.28 km window is one chunk.
+# 15 x 15 of them make a 1920 px shard (one work tile).
+CHUNK_PX = 128
+RECORDS = "_aef_records"  # beside the zone groups; zarr ignores directories without zarr.json
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What makes two runs' output compatible: the same grid, model and encoding."""
+
+    model: str
+    """Model spec name."""
+    model_weights: str
+    """Provenance: "untrained: deterministic initialisation from seed 0" or the weights' sha256."""
+    storage: str = "int8"
+    """"int8" (AlphaEarth quantisation, 64 B/px), "float16" or "float32"."""
+    resolution_m: int = RESOLUTION_M
+    tile_pixels: int = TILE_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.storage not in ("int8", "float16", "float32"):
+            raise UserInputError(f"storage {self.storage!r} is not one of int8, float16, float32")
+
+
+def quantise(x: np.ndarray) -> np.ndarray:
+    """AlphaEarth int8: q = clip(round(sign(x) sqrt(|x|) 127.5), -127, 127); NaN -> -128."""
+    q = np.clip(np.round(np.sign(x) * np.sqrt(np.abs(x)) * 127.5), -127, 127)
+    return np.where(np.isnan(x), NODATA_INT8, q).astype(np.int8)
+
+
+def dequantise(q: np.ndarray) -> np.ndarray:
+    """x = sign(q) (q / 127.5)^2, with -128 masked to NaN *before* (else it becomes -1.0079)."""
+    values = np.sign(q) * (q.astype(np.float32) / np.float32(127.5)) ** 2
+    return np.where(q == NODATA_INT8, np.float32(np.nan), values).astype(np.float32)
+
+
+def zone_name(tile: TileId) -> str:
+    return f"{tile.zone:02d}{tile.hemisphere}"
+
+
+def create_store(
+    path: Path, tiles: Sequence[TileId], periods: Sequence[Period], layout: StoreLayout, overwrite: bool = False
+) -> None:
+    """Write the template of every zone group (metadata and coordinates, no data), or add the
+    periods an existing compatible store lacks. Refuses a store made with another model, grid or
+    encoding, unless `overwrite`."""
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    _check_writable(path)
+    for zone, zone_tiles in _by_zone(tiles).items():
+        existing = _zone_attrs(path, zone)
+        if existing is None:
+            _template(zone_tiles, periods, layout).to_zarr(
+                path, group=zone, mode="a", compute=False, encoding=_encoding(layout), consolidated=False
+            )
+            continue
+        _check_compatible(path, zone, existing, layout, zone_tiles)
+        missing = [p for p in periods if _period_index(path, zone, p) is None]
+        if missing:
+            _template(zone_tiles, missing, layout, existing["aef:tiles"]).to_zarr(
+                path, group=zone, mode="a", append_dim="time", compute=False, consolidated=False
+            )
+
+
+def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, record: Mapping[str, Any]) -> None:
+    """Write one tile-period (whole shards), then its completion record.
+
+    `field` holds `embedding` (dim, y, x) float32 unit vectors with NaN nodata and `observations`
+    (y, x), exactly on the tile's grid. The record (scene ids, model, ...) lands only after the
+    data write returned, so a record always means complete data.
+    """
+    zone = zone_name(tile)
+    attrs = _zone_attrs(path, zone)
+    if attrs is None:
+        raise UserInputError(f"{path} has no group {zone}: create the store for this tile first")
+    index = _period_index(path, zone, period)
+    if index is None:
+        raise UserInputError(f"{path} group {zone} has no period {period.label}: create it first")
+    rows, cols = _tile_region(tile, attrs["aef:tiles"])
+    _check_field_grid(field, tile)
+    embedding = field.embedding.transpose("y", "x", "dim").values[None]
+    values = quantise(embedding) if attrs["aef:storage"] == "int8" else embedding.astype(attrs["aef:storage"])
+    data = xr.Dataset(
+        {
+            "embedding": (("time", "y", "x", "band"), values),
+            "observations": (("time", "y", "x"), field.observations.values[None].astype(np.int16)),
+        }
+    )
+    data.to_zarr(path, group=zone, region={"time": slice(index, index + 1), "y": rows, "x": cols}, mode="r+",
+                 consolidated=False)  # fmt: skip
+    _write_record(path, tile, period, {**record, "written": dt.datetime.now(dt.UTC).isoformat()})
+
+
+def finished(path: Path, tile: TileId, period: Period) -> bool:
+    """Whether the tile-period's completion record exists (its data was written before it)."""
+    return _record_path(path, tile, period).is_file()
+
+
+def read_record(path: Path, tile: TileId, period: Period) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(_record_path(path, tile, period).read_text())
+    return record
+
+
+def finalize(path: Path) -> None:
+    """Consolidate metadata once, after every task (zarr v3 calls it an extension: we say so)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Consolidated metadata is currently not part", UserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def open_embeddings(path: str | os.PathLike[str], zone: str | None = None) -> xr.Dataset:
+    """One zone's embeddings as float32 (de-quantised lazily), nodata NaN, CRS set, time sorted."""
+    root = Path(path)
+    zones = zones_in(root)
+    if zone is None:
+        if len(zones) != 1:
+            raise UserInputError(f"{root} holds zones {', '.join(zones) or 'none'}: pass zone= one of them")
+        zone = zones[0]
+    if zone not in zones:
+        raise UserInputError(f"{root} has no zone {zone}; it holds {', '.join(zones) or 'none'}")
+    ds: xr.Dataset = xr.open_zarr(root, group=zone, decode_coords="all", consolidated=None)
+    if ds.attrs.get("aef:storage") == "int8":
+        attrs = ds.embedding.attrs
+        ds["embedding"] = xr.apply_ufunc(dequantise, ds.embedding, dask="parallelized", output_dtypes=[np.float32])
+        ds.embedding.attrs.update(attrs)
+    else:
+        ds["embedding"] = ds.embedding.astype(np.float32)
+    return ds.sortby("time")
+
+
+def zones_in(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if (p / "zarr.json").is_file()) if path.is_dir() else []
+
+
+# --- template ------------------------------------------------------------------------------------
+
+
+def _by_zone(tiles: Iterable[TileId]) -> dict[str, list[TileId]]:
+    zones: dict[str, list[TileId]] = {}
+    for tile in tiles:
+        zones.setdefault(zone_name(tile), []).append(tile)
+    return zones
+
+
+def _extent(tiles: Sequence[TileId]) -> dict[str, int]:
+    return {"col_min": min(t.col for t in tiles), "col_max": max(t.col for t in tiles),
+            "row_min": min(t.row for t in tiles), "row_max": max(t.row for t in tiles)}  # fmt: skip
+
+
+def _template(
+    tiles: Sequence[TileId], periods: Sequence[Period], layout: StoreLayout, extent: Mapping[str, int] | None = None
+) -> xr.Dataset:
+    ext = dict(extent or _extent(tiles))
+    size, res = layout.tile_pixels, layout.resolution_m
+    cols, rows = (ext["col_max"] - ext["col_min"] + 1) * size, (ext["row_max"] - ext["row_min"] + 1) * size
+    x = (ext["col_min"] * size + np.arange(cols) + 0.5) * res  # pixel centres
+    y = ((ext["row_max"] + 1) * size - np.arange(rows) - 0.5) * res  # north-up: y decreases
+    dtype = np.int8 if layout.storage == "int8" else np.dtype(layout.storage)
+    fill = NODATA_INT8 if layout.storage == "int8" else np.nan
+    shape, chunks = (len(periods), rows, cols, len(BANDS)), (1, size, size, len(BANDS))
+    tile = tiles[0]
+    lazy_fill = da.full(shape, fill, dtype=dtype, chunks=chunks)  # type: ignore[no-untyped-call]
+    base = xr.Dataset(
+        {
+            "embedding": (("time", "y", "x", "band"), lazy_fill),
+            "observations": (("time", "y", "x"), da.zeros(shape[:3], dtype=np.int16, chunks=chunks[:3])),
+        },
+        coords={
+            "time": np.array([np.datetime64(p.start.replace(tzinfo=None), "ns") for p in periods]),
+            "time_end": ("time", np.array([np.datetime64(p.end.replace(tzinfo=None), "ns") for p in periods])),
+            "y": y,
+            "x": x,
+            "band": np.array(BANDS, dtype=object),
+        },
+    )
+    ds: xr.Dataset = base.rio.write_crs(f"EPSG:{utm_epsg(tile.zone, tile.hemisphere)}")
+    ds = ds.rio.write_transform(ds.rio.transform(recalc=True))
+    ds.attrs = _zone_metadata(tile, layout, ext)
+    ds.embedding.attrs.update(_embedding_attrs(layout))
+    ds.observations.attrs.update({"long_name": "valid Sentinel-2 observations used per pixel", "units": "1"})
+    for name in ("embedding", "observations"):
+        # As an attribute: rioxarray keeps it in `encoding`, which to_zarr's own encoding replaces.
+        ds[name].attrs["grid_mapping"] = "spatial_ref"
+        ds[name].encoding.pop("grid_mapping", None)
+    return ds
+
+
+def _encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
+    size = layout.tile_pixels
+    fill = NODATA_INT8 if layout.storage == "int8" else np.nan
+    return {
+        "embedding": {
+            "chunks": (1, CHUNK_PX, CHUNK_PX, len(BANDS)),
+            "shards": (1, size, size, len(BANDS)),
+            "fill_value": fill,
+        },
+        "observations": {"chunks": (1, CHUNK_PX, CHUNK_PX), "shards": (1, size, size), "fill_value": 0},
+    }
+
+
+def _zone_metadata(tile: TileId, layout: StoreLayout, extent: Mapping[str, int]) -> dict[str, Any]:
+    epsg = utm_epsg(tile.zone, tile.hemisphere)
+    return {
+        "title": f"AlphaEarth-style embedding field, UTM zone {zone_name(tile)}",
+        "aef:model": layout.model,
+        "aef:model_weights": layout.model_weights,
+        "aef:trained": int(not layout.model_weights.startswith("untrained")),
+        "aef:storage": layout.storage,
+        "aef:resolution_m": layout.resolution_m,
+        "aef:tile_pixels": layout.tile_pixels,
+        "aef:tiles": dict(extent),
+        "aef:software": f"aef-pipeline {__version__}",
+        "proj:code": f"EPSG:{epsg}",
+        "spatial:dimensions": ["y", "x"],
+    }
+
+
+def _embedding_attrs(layout: StoreLayout) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"long_name": "64-d unit embedding vector", "aef:storage": layout.storage}
+    if layout.storage == "int8":
+        attrs["aef:dequantise"] = "x = sign(q) * (q / 127.5)^2 after masking q == -128 (nodata)"
+    return attrs
+
+
+# --- checks and records --------------------------------------------------------------------------
+
+
+def _check_writable(path: Path) -> None:
+    parent = path if path.exists() else path.parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as error:
+            raise UserInputError(f"cannot create {parent} ({error.strerror}): choose a writable --out") from None
+    if not os.access(parent, os.W_OK):
+        raise UserInputError(f"{parent} is not writable: choose another --out")
+    if path.exists() and not path.is_dir():
+        raise UserInputError(f"{path} exists and is not a directory (a Zarr store): choose another --out")
+
+
+def _zone_attrs(path: Path, zone: str) -> dict[str, Any] | None:
+    if not (path / zone / "zarr.json").is_file():
+        return None
+    return dict(zarr.open_group(str(path / zone), mode="r").attrs)
+
+
+def _check_compatible(
+    path: Path, zone: str, attrs: Mapping[str, Any], layout: StoreLayout, tiles: Sequence[TileId]
+) -> None:
+    expected = _zone_metadata(tiles[0], layout, attrs["aef:tiles"])
+    for key in ("aef:model", "aef:model_weights", "aef:storage", "aef:resolution_m", "aef:tile_pixels"):
+        if attrs.get(key) != expected[key]:
+            raise UserInputError(
+                f"{path} was made with {key.removeprefix('aef:')} {attrs.get(key)!r}, this run uses {expected[key]!r}: "
+                "write to a new path or pass --overwrite"
+            )
+    outside = [str(t) for t in tiles if not _inside(t, attrs["aef:tiles"])]
+    if outside:
+        raise UserInputError(
+            f"{path} group {zone} does not cover tiles {', '.join(outside[:3])}: write the new area to a new path "
+            "or pass --overwrite"
+        )
+
+
+def _inside(tile: TileId, extent: Mapping[str, int]) -> bool:
+    return extent["col_min"] <= tile.col <= extent["col_max"] and extent["row_min"] <= tile.row <= extent["row_max"]
+
+
+def _period_index(path: Path, zone: str, period: Period) -> int | None:
+    group = zarr.open_group(str(path / zone), mode="r")
+    starts = xr.open_zarr(path, group=zone, consolidated=False).time.values if "time" in group else []
+    target = np.datetime64(period.start.replace(tzinfo=None), "ns")
+    matches = np.flatnonzero(np.asarray(starts) == target)
+    return int(matches[0]) if matches.size else None
+
+
+def _tile_region(tile: TileId, extent: Mapping[str, int]) -> tuple[slice, slice]:
+    if not _inside(tile, extent):
+        raise UserInputError(f"tile {tile} lies outside the store's extent {dict(extent)}")
+    row0 = (extent["row_max"] - tile.row) * TILE_PIXELS
+    col0 = (tile.col - extent["col_min"]) * TILE_PIXELS
+    return slice(row0, row0 + TILE_PIXELS), slice(col0, col0 + TILE_PIXELS)
+
+
+def _check_field_grid(field: xr.Dataset, tile: TileId) -> None:
+    geobox = tile.geobox
+    expected_x = geobox.coordinates["x"].values
+    expected_y = geobox.coordinates["y"].values
+    if not (np.allclose(field.x.values, expected_x) and np.allclose(field.y.values, expected_y)):
+        raise ValueError(f"the field is not on tile {tile}'s grid")
+
+
+def _record_path(path: Path, tile: TileId, period: Period) -> Path:
+    return path / RECORDS / zone_name(tile) / f"{tile}_{period.label}.json"
+
+
+def _write_record(path: Path, tile: TileId, period: Period, record: Mapping[str, Any]) -> None:
+    target = _record_path(path, tile, period)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside, then rename: a record is either absent or whole.
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as handle:
+        json.dump({"tile": str(tile), "period": period.label, **record}, handle, indent=1, default=str)
+    os.replace(handle.name, target)
+
+
+__all__ = [
+    "BANDS",
+    "NODATA_INT8",
+    "StoreLayout",
+    "create_store",
+    "dequantise",
+    "finalize",
+    "finished",
+    "open_embeddings",
+    "quantise",
+    "read_record",
+    "write_tile",
+    "zone_name",
+    "zones_in",
+]
