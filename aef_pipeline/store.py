@@ -8,8 +8,9 @@
 One group per UTM zone and hemisphere ("33N"). In it, `embedding` (time, y, x, band) holds int8
 with the AlphaEarth quantisation (nodata -128) or float16/float32; `observations` (time, y, x)
 counts the valid frames behind each pixel. A shard is exactly one work tile for one period, so
-every task writes whole shards and never touches a neighbour's. A JSON record per (tile, period),
-written after its data, says the tile is complete and how it was made.
+every task writes whole shards and never touches a neighbour's. `tile_record` (time, tile_row,
+tile_col) holds one JSON string per tile-period, each in its own chunk, written after the tile's
+data: a non-empty record says the tile is complete and how it was made (scenes, model, software).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +42,6 @@ BANDS = tuple(f"A{i:02d}" for i in range(64))
 # (per-pixel reads touch one chunk per year), and an area read of a 1.28 km window is one chunk.
 # 15 x 15 of them make a 1920 px shard (one work tile).
 CHUNK_PX = 128
-RECORDS = "_aef_records"  # beside the zone groups; zarr ignores directories without zarr.json
 
 
 @dataclass(frozen=True)
@@ -129,17 +128,35 @@ def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, reco
     )
     data.to_zarr(path, group=zone, region={"time": slice(index, index + 1), "y": rows, "x": cols}, mode="r+",
                  consolidated=False)  # fmt: skip
-    _write_record(path, tile, period, {**record, "written": dt.datetime.now(dt.UTC).isoformat()})
+    full = {"tile": str(tile), "period": period.label, **record, "written": dt.datetime.now(dt.UTC).isoformat()}
+    text = np.array([[[json.dumps(full, default=str)]]], dtype=object)
+    record_region = {"time": slice(index, index + 1), **_tile_index(tile, attrs["aef:tiles"])}
+    xr.Dataset({"tile_record": (("time", "tile_row", "tile_col"), text)}).to_zarr(
+        path, group=zone, region=record_region, mode="r+", consolidated=False
+    )
 
 
 def finished(path: Path, tile: TileId, period: Period) -> bool:
     """Whether the tile-period's completion record exists (its data was written before it)."""
-    return _record_path(path, tile, period).is_file()
+    return bool(_record_text(path, tile, period))
 
 
 def read_record(path: Path, tile: TileId, period: Period) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(_record_path(path, tile, period).read_text())
+    text = _record_text(path, tile, period)
+    if not text:
+        raise UserInputError(f"tile {tile} has no record for {period.label} in {path}: it was not finished")
+    record: dict[str, Any] = json.loads(text)
     return record
+
+
+def _record_text(path: Path, tile: TileId, period: Period) -> str:
+    zone = zone_name(tile)
+    attrs, index = _zone_attrs(path, zone), _period_index(path, zone, period)
+    if attrs is None or index is None or not _inside(tile, attrs["aef:tiles"]):
+        return ""
+    where = _tile_index(tile, attrs["aef:tiles"])
+    array = zarr.open_array(str(path / zone / "tile_record"), mode="r")
+    return str(array[index, where["tile_row"].start, where["tile_col"].start])
 
 
 def finalize(path: Path) -> None:
@@ -159,7 +176,7 @@ def open_embeddings(path: str | os.PathLike[str], zone: str | None = None) -> xr
         zone = zones[0]
     if zone not in zones:
         raise UserInputError(f"{root} has no zone {zone}; it holds {', '.join(zones) or 'none'}")
-    ds: xr.Dataset = xr.open_zarr(root, group=zone, decode_coords="all", consolidated=None)
+    ds: xr.Dataset = xr.open_zarr(root, group=zone, decode_coords="all", consolidated=_consolidated(root))
     if ds.attrs.get("aef:storage") == "int8":
         attrs = ds.embedding.attrs
         ds["embedding"] = xr.apply_ufunc(dequantise, ds.embedding, dask="parallelized", output_dtypes=[np.float32])
@@ -167,6 +184,11 @@ def open_embeddings(path: str | os.PathLike[str], zone: str | None = None) -> xr
     else:
         ds["embedding"] = ds.embedding.astype(np.float32)
     return ds.sortby("time")
+
+
+def _consolidated(path: Path) -> bool:
+    root = path / "zarr.json"
+    return root.is_file() and "consolidated_metadata" in json.loads(root.read_text())
 
 
 def zones_in(path: Path) -> list[str]:
@@ -205,6 +227,11 @@ def _template(
         {
             "embedding": (("time", "y", "x", "band"), lazy_fill),
             "observations": (("time", "y", "x"), da.zeros(shape[:3], dtype=np.int16, chunks=chunks[:3])),
+            # Small (tiles x periods), so numpy: written with the template, one chunk per element.
+            "tile_record": (
+                ("time", "tile_row", "tile_col"),
+                np.full((len(periods), rows // size, cols // size), "", dtype=object),
+            ),
         },
         coords={
             "time": np.array([np.datetime64(p.start.replace(tzinfo=None), "ns") for p in periods]),
@@ -219,6 +246,7 @@ def _template(
     ds.attrs = _zone_metadata(tile, layout, ext)
     ds.embedding.attrs.update(_embedding_attrs(layout))
     ds.observations.attrs.update({"long_name": "valid Sentinel-2 observations used per pixel", "units": "1"})
+    ds.tile_record.attrs.update({"long_name": "completion record per tile and period (JSON); empty: not written"})
     for name in ("embedding", "observations"):
         # As an attribute: rioxarray keeps it in `encoding`, which to_zarr's own encoding replaces.
         ds[name].attrs["grid_mapping"] = "spatial_ref"
@@ -236,6 +264,7 @@ def _encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
             "fill_value": fill,
         },
         "observations": {"chunks": (1, CHUNK_PX, CHUNK_PX), "shards": (1, size, size), "fill_value": 0},
+        "tile_record": {"chunks": (1, 1, 1), "fill_value": ""},
     }
 
 
@@ -331,17 +360,9 @@ def _check_field_grid(field: xr.Dataset, tile: TileId) -> None:
         raise ValueError(f"the field is not on tile {tile}'s grid")
 
 
-def _record_path(path: Path, tile: TileId, period: Period) -> Path:
-    return path / RECORDS / zone_name(tile) / f"{tile}_{period.label}.json"
-
-
-def _write_record(path: Path, tile: TileId, period: Period, record: Mapping[str, Any]) -> None:
-    target = _record_path(path, tile, period)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside, then rename: a record is either absent or whole.
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as handle:
-        json.dump({"tile": str(tile), "period": period.label, **record}, handle, indent=1, default=str)
-    os.replace(handle.name, target)
+def _tile_index(tile: TileId, extent: Mapping[str, int]) -> dict[str, slice]:
+    row, col = extent["row_max"] - tile.row, tile.col - extent["col_min"]
+    return {"tile_row": slice(row, row + 1), "tile_col": slice(col, col + 1)}
 
 
 __all__ = [
