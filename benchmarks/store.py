@@ -51,14 +51,16 @@ def main() -> None:
 
 def _random() -> np.ndarray:
     vectors = np.random.default_rng(0).normal(size=(64, TILE_PIXELS, TILE_PIXELS)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
+    unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
+    return unit
 
 
 def _smooth() -> np.ndarray:
     basis = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
     rows, cols = np.meshgrid(np.linspace(0, 3, TILE_PIXELS), np.linspace(0, 3, TILE_PIXELS), indexing="ij")
     vectors = np.tensordot(basis, np.stack([np.sin(rows), np.cos(cols), np.ones_like(rows)]).astype(np.float32), 1)
-    return vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
+    unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=0, keepdims=True)
+    return unit
 
 
 if __name__ == "__main__":
