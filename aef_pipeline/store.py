@@ -141,6 +141,13 @@ def finished(path: Path, tile: TileId, period: Period) -> bool:
     return bool(_record_text(path, tile, period))
 
 
+def unfinished(path: Path, tiles: Iterable[TileId], periods: Iterable[Period]) -> list[tuple[TileId, Period]]:
+    """The tile-periods without a completion record: after a crash, exactly what must be redone
+    (a tile cut off mid-write has no record, and rewriting its whole shards repairs it)."""
+    periods = list(periods)
+    return [(tile, period) for tile in tiles for period in periods if not finished(path, tile, period)]
+
+
 def read_record(path: Path, tile: TileId, period: Period) -> dict[str, Any]:
     text = _record_text(path, tile, period)
     if not text:
@@ -282,6 +289,15 @@ def _zone_metadata(tile: TileId, layout: StoreLayout, extent: Mapping[str, int])
         "aef:software": f"aef-pipeline {__version__}",
         "proj:code": f"EPSG:{epsg}",
         "spatial:dimensions": ["y", "x"],
+        # GeoZarr / spatial convention: the affine of the group's pixel grid (a, b, c, d, e, f).
+        "spatial:transform": [
+            layout.resolution_m,
+            0.0,
+            extent["col_min"] * layout.tile_pixels * layout.resolution_m,
+            0.0,
+            -layout.resolution_m,
+            (extent["row_max"] + 1) * layout.tile_pixels * layout.resolution_m,
+        ],
     }
 
 
@@ -376,6 +392,7 @@ __all__ = [
     "open_embeddings",
     "quantise",
     "read_record",
+    "unfinished",
     "write_tile",
     "zone_name",
     "zones_in",

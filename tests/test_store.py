@@ -8,9 +8,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pystac
 import pytest
 import xarray as xr
 
+from aef_pipeline.catalog import write_stac
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TILE_PIXELS, TileId
 from aef_pipeline.plan import Period
@@ -24,6 +26,7 @@ from aef_pipeline.store import (
     open_embeddings,
     quantise,
     read_record,
+    unfinished,
     write_tile,
 )
 
@@ -144,3 +147,39 @@ def test_float_storage(tmp_path: Path) -> None:
     got = open_embeddings(path).isel(time=0).embedding.transpose("band", "y", "x").values
     assert np.nanmax(np.abs(got - _field(TILES[0], 3).embedding.values)) <= 1e-3
     assert np.isnan(got[:, :16, :16]).all()
+
+
+def test_a_crash_leaves_exactly_the_unfinished_tiles(tmp_path: Path) -> None:
+    path = tmp_path / "field.zarr"
+    periods = [Period.year(2022), Period.year(2023)]
+    create_store(path, TILES, periods, LAYOUT)
+    _write(path, TILES[1], 2023, seed=2)
+    # A task killed mid-write: data partly there, no record.
+    data = _field(TILES[0], 1).isel(y=slice(0, 128))
+    rows = slice(0, 128)
+    values = quantise(data.embedding.transpose("y", "x", "dim").values[None])
+    xr.Dataset({"embedding": (("time", "y", "x", "band"), values)}).to_zarr(
+        path, group="33N", region={"time": slice(0, 1), "y": rows, "x": slice(0, TILE_PIXELS)}, mode="r+",
+        consolidated=False,
+    )  # fmt: skip
+    todo = unfinished(path, TILES, periods)
+    assert todo == [(TILES[0], periods[0]), (TILES[0], periods[1]), (TILES[1], periods[0])]
+
+
+def test_stac_catalog_describes_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "field.zarr"
+    create_store(path, TILES, [Period.year(2022), Period.year(2023)], LAYOUT)
+    finalize(path)
+    collection_path = write_stac(path)
+    assert collection_path == tmp_path / "field.stac" / "collection.json"
+    collection = pystac.Collection.from_file(str(collection_path))
+    items = sorted(collection.get_items(), key=lambda item: item.id)
+    assert [item.id for item in items] == ["33N_20220101_20230101", "33N_20230101_20240101"]
+    assert items[0].properties["proj:code"] == "EPSG:32633"
+    assert items[0].properties["aef:trained"] is False
+    assert Path(items[0].assets["embeddings"].get_absolute_href() or "") == path / "33N"
+    tree = xr.open_datatree(path, engine="zarr")  # plain xarray sees the zone groups, nothing else
+    assert list(tree.children) == ["33N"]
+    import aef_pipeline
+
+    assert aef_pipeline.open_embeddings(path).sizes["time"] == 2
