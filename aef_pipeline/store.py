@@ -103,11 +103,13 @@ def create_store(
 
 
 def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, record: Mapping[str, Any]) -> None:
-    """Write one tile-period (whole shards), then its completion record.
+    """Write one tile-period as whole shards, then its completion record.
 
     `field` holds `embedding` (dim, y, x) float32 unit vectors with NaN nodata and `observations`
-    (y, x), exactly on the tile's grid. The record (scene ids, model, ...) lands only after the
-    data write returned, so a record always means complete data.
+    (y, x) on the tile's grid: the whole tile, or a window of it (a small request computes only
+    what it needs). A window is merged into what the shard already holds, and the shard written
+    whole: one task per tile, so no other writer shares it. The record (scenes, model, the
+    areas written) lands only after the data write returned, so it always means complete data.
     """
     zone = zone_name(tile)
     attrs = _zone_attrs(path, zone)
@@ -117,28 +119,73 @@ def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, reco
     if index is None:
         raise UserInputError(f"{path} group {zone} has no period {period.label}: create it first")
     rows, cols = _tile_region(tile, attrs["aef:tiles"])
-    _check_field_grid(field, tile)
-    embedding = field.embedding.transpose("y", "x", "dim").values[None]
+    window = field_window(field, tile)
+    embedding = field.embedding.transpose("y", "x", "dim").values
     values = quantise(embedding) if attrs["aef:storage"] == "int8" else embedding.astype(attrs["aef:storage"])
+    observations = field.observations.values.astype(np.int16)
+    if window != (0, TILE_PIXELS, 0, TILE_PIXELS):
+        values, observations = _merge_into_shard(path, zone, index, rows, cols, window, values, observations)
     data = xr.Dataset(
         {
-            "embedding": (("time", "y", "x", "band"), values),
-            "observations": (("time", "y", "x"), field.observations.values[None].astype(np.int16)),
+            "embedding": (("time", "y", "x", "band"), values[None]),
+            "observations": (("time", "y", "x"), observations[None]),
         }
     )
     data.to_zarr(path, group=zone, region={"time": slice(index, index + 1), "y": rows, "x": cols}, mode="r+",
                  consolidated=False)  # fmt: skip
-    full = {"tile": str(tile), "period": period.label, **record, "written": dt.datetime.now(dt.UTC).isoformat()}
+    _write_record(path, tile, period, index, attrs, record, window)
+
+
+def field_window(field: xr.Dataset, tile: TileId) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the field within the tile; it must sit exactly on the tile grid."""
+    xs, ys = tile.geobox.coordinates["x"].values, tile.geobox.coordinates["y"].values
+    col0 = int(np.searchsorted(xs, field.x.values[0]))
+    row0 = int(np.searchsorted(-ys, -field.y.values[0]))
+    row1, col1 = row0 + field.sizes["y"], col0 + field.sizes["x"]
+    if not (
+        row1 <= TILE_PIXELS and col1 <= TILE_PIXELS
+        and np.allclose(field.x.values, xs[col0:col1]) and np.allclose(field.y.values, ys[row0:row1])
+    ):  # fmt: skip
+        raise ValueError(f"the field is not a window of tile {tile}'s grid")
+    return row0, row1, col0, col1
+
+
+def _merge_into_shard(
+    path: Path, zone: str, index: int, rows: slice, cols: slice, window: tuple[int, int, int, int],
+    values: np.ndarray, observations: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    r0, r1, c0, c1 = window
+    shard = np.asarray(zarr.open_array(str(path / zone / "embedding"), mode="r")[index, rows, cols, :])
+    counts = np.asarray(zarr.open_array(str(path / zone / "observations"), mode="r")[index, rows, cols])
+    computed = observations > 0  # pixels this task saw; elsewhere keep what an earlier run wrote
+    shard[r0:r1, c0:c1][computed] = values[computed]
+    counts[r0:r1, c0:c1][computed] = observations[computed]
+    return shard, counts
+
+
+def _write_record(
+    path: Path, tile: TileId, period: Period, index: int, attrs: Mapping[str, Any], record: Mapping[str, Any],
+    window: tuple[int, int, int, int],
+) -> None:  # fmt: skip
+    earlier = json.loads(_record_text(path, tile, period) or "{}")
+    areas = [*earlier.get("areas", []), list(window)]
+    full = {"tile": str(tile), "period": period.label, **record, "areas": areas,
+            "written": dt.datetime.now(dt.UTC).isoformat()}  # fmt: skip
     text = np.array([[[json.dumps(full, default=str)]]], dtype=object)
-    record_region = {"time": slice(index, index + 1), **_tile_index(tile, attrs["aef:tiles"])}
+    region = {"time": slice(index, index + 1), **_tile_index(tile, attrs["aef:tiles"])}
     xr.Dataset({"tile_record": (("time", "tile_row", "tile_col"), text)}).to_zarr(
-        path, group=zone, region=record_region, mode="r+", consolidated=False
+        path, group=zone_name(tile), region=region, mode="r+", consolidated=False
     )
 
 
-def finished(path: Path, tile: TileId, period: Period) -> bool:
-    """Whether the tile-period's completion record exists (its data was written before it)."""
-    return bool(_record_text(path, tile, period))
+def finished(path: Path, tile: TileId, period: Period, window: tuple[int, int, int, int] | None = None) -> bool:
+    """Whether the tile-period's completion record exists (its data was written before it), and
+    covers `window` (row0, row1, col0, col1) when one is given."""
+    text = _record_text(path, tile, period)
+    if not text or window is None:
+        return bool(text)
+    r0, r1, c0, c1 = window
+    return any(a[0] <= r0 and r1 <= a[1] and a[2] <= c0 and c1 <= a[3] for a in json.loads(text).get("areas", []))
 
 
 def unfinished(path: Path, tiles: Iterable[TileId], periods: Iterable[Period]) -> list[tuple[TileId, Period]]:
@@ -366,14 +413,6 @@ def _tile_region(tile: TileId, extent: Mapping[str, int]) -> tuple[slice, slice]
     row0 = (extent["row_max"] - tile.row) * TILE_PIXELS
     col0 = (tile.col - extent["col_min"]) * TILE_PIXELS
     return slice(row0, row0 + TILE_PIXELS), slice(col0, col0 + TILE_PIXELS)
-
-
-def _check_field_grid(field: xr.Dataset, tile: TileId) -> None:
-    geobox = tile.geobox
-    expected_x = geobox.coordinates["x"].values
-    expected_y = geobox.coordinates["y"].values
-    if not (np.allclose(field.x.values, expected_x) and np.allclose(field.y.values, expected_y)):
-        raise ValueError(f"the field is not on tile {tile}'s grid")
 
 
 def _tile_index(tile: TileId, extent: Mapping[str, int]) -> dict[str, slice]:
