@@ -1,0 +1,264 @@
+"""The pipeline: plan -> per (tile, period) task: search -> load -> preprocess -> encode -> write.
+
+    report = run(RunRequest(BBox(15.0, 46.1, 15.3, 46.3), (Period.year(2022),), Path("field.zarr")))
+
+`plan_tasks` is pure. Each task covers the part of one tile the bbox needs, rounded out to whole
+window cores (a 1 km^2 request computes a few windows, not a 20 km tile), and runs on a dask
+worker; the client writes the template first and the run report last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import box
+
+from aef_pipeline import __version__
+from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
+from aef_pipeline.errors import AefWarning
+from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
+from aef_pipeline.load import GdalOptions, load_selection, report_read_failures
+from aef_pipeline.model import ModelSpec, Provenance, STPEncoder, build_model, load_spec
+from aef_pipeline.plan import Period
+from aef_pipeline.preprocess import preprocess
+from aef_pipeline.search import CatalogConfig, open_source, search_tile
+from aef_pipeline.store import StoreLayout, create_store, finished, write_tile
+
+Window = tuple[int, int, int, int]
+"""(row0, row1, col0, col1) pixels within a tile."""
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything one run needs; the only input of `run`."""
+
+    bbox: BBox
+    periods: tuple[Period, ...]
+    output: Path
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    model: str = "tiny"
+    """A spec name from models/ or a path to a spec file."""
+    device: str = "auto"
+    max_cloud_cover: float | None = None
+    overwrite: bool = False
+    storage: str = "int8"
+    overlap: bool = False
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """One unit of work: the window of a tile that a bbox needs, for one period."""
+
+    tile: TileId
+    period: Period
+    window: Window
+
+    @property
+    def key(self) -> str:
+        """The dask key: explicit, because a task writes (it is not pure)."""
+        r0, r1, c0, c1 = self.window
+        return f"aef-{self.tile}-{self.period.label}-{r0}-{r1}-{c0}-{c1}"
+
+    @property
+    def pixels(self) -> int:
+        r0, r1, c0, c1 = self.window
+        return (r1 - r0) * (c1 - c0)
+
+    def geobox(self) -> GeoBox:
+        r0, r1, c0, c1 = self.window
+        return self.tile.geobox[r0:r1, c0:c1]
+
+
+@dataclass
+class TaskResult:
+    """What one task did, for the run report."""
+
+    key: str
+    tile: str
+    period: str
+    status: str
+    """"done", "empty" (no usable scene), "skipped" (already complete) or "failed"."""
+    pixels: int = 0
+    scenes: list[str] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    read_failures: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+def plan_tasks(bbox: BBox, periods: tuple[Period, ...], spec: ModelSpec) -> list[TileTask]:
+    """Every (tile window, period) the request needs, in a stable order. Pure: no I/O."""
+    tasks = []
+    for tile in tiles_for_bbox(bbox):
+        window = task_window(tile, bbox, spec.core)
+        if window is not None:
+            tasks += [TileTask(tile, period, window) for period in periods]
+    return tasks
+
+
+def task_window(tile: TileId, bbox: BBox, core: int) -> Window | None:
+    """The pixels of `tile` inside the bbox, rounded out to whole window cores (so the windows,
+    and therefore the embeddings, are the same whatever the bbox)."""
+    area = box(bbox.west, bbox.south, bbox.east if not bbox.crosses_antimeridian else 180.0, bbox.north,
+               crs="EPSG:4326")  # fmt: skip
+    parts = [area] if not bbox.crosses_antimeridian else [area, box(-180.0, bbox.south, bbox.east, bbox.north,
+                                                                         crs="EPSG:4326")]  # fmt: skip
+    geobox = tile.geobox
+    windows = []
+    for part in parts:
+        projected = part.to_crs(tile.epsg, resolution=RESOLUTION_M * 10).intersection(geobox.extent)
+        if projected.is_empty:
+            continue
+        left, bottom, right, top = projected.boundingbox
+        x0, y0 = geobox.affine.c, geobox.affine.f
+        c0, c1 = (left - x0) / RESOLUTION_M, (right - x0) / RESOLUTION_M
+        r0, r1 = (y0 - top) / RESOLUTION_M, (y0 - bottom) / RESOLUTION_M
+        windows.append((_down(r0, core), _up(r1, core), _down(c0, core), _up(c1, core)))
+    if not windows:
+        return None
+    return (min(w[0] for w in windows), max(w[1] for w in windows), min(w[2] for w in windows),
+            max(w[3] for w in windows))  # fmt: skip
+
+
+def _down(value: float, core: int) -> int:
+    return max(0, min(TILE_PIXELS, math.floor(value / core) * core))
+
+
+def _up(value: float, core: int) -> int:
+    return max(0, min(TILE_PIXELS, math.ceil(value / core) * core))
+
+
+def prepare_store(request: RunRequest, spec: ModelSpec, provenance: Provenance, tasks: list[TileTask]) -> None:
+    """The template, written once by the client before any task."""
+    layout = StoreLayout(spec.name, provenance.description, request.storage)
+    tiles = sorted({task.tile for task in tasks})
+    create_store(request.output, tiles, request.periods, layout, overwrite=request.overwrite)
+
+
+def process_task(task: TileTask, request: RunRequest) -> TaskResult:
+    """One tile window and period, start to finish, in this process."""
+    result = TaskResult(task.key, str(task.tile), task.period.label, "done", pixels=task.pixels)
+    if finished(request.output, task.tile, task.period, task.window):
+        result.status = "skipped"
+        return result
+    spec, model, provenance = loaded_model(request.model)
+    halo = required_halo(spec, request.overlap)
+    area = task.geobox()
+    with _timer(result, "search"):
+        selection = search_tile(
+            open_source(request.catalog), area.pad(halo), task.period, spec.bands, request.max_cloud_cover
+        )
+    result.scenes = [info.item_id for info in selection.scenes]
+    result.dropped = [asdict(skip) for skip in selection.skipped]
+    if selection.empty:
+        result.status = "empty"
+        return result
+    with report_read_failures() as failures, _timer(result, "load"):
+        loaded = load_selection(selection, area.pad(halo), spec.bands, GdalOptions(), chunk_px=None)
+        cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
+    result.read_failures = list(failures)
+    with _timer(result, "encode"):
+        options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
+        embeddings = encode_cube(cube, task.period, model, spec, options, provenance=provenance)
+    with _timer(result, "write"):
+        record = {"scenes": result.scenes, "dropped": result.dropped, "read_failures": result.read_failures,
+                  "model": spec.name, "model_weights": provenance.description,
+                  "software": f"aef-pipeline {__version__}", "seconds": result.seconds}  # fmt: skip
+        write_tile(request.output, task.tile, task.period, embeddings, record)
+    return result
+
+
+@lru_cache(maxsize=2)
+def loaded_model(name: str) -> tuple[ModelSpec, STPEncoder, Provenance]:
+    """The model, built once per process (dask workers each hold their own)."""
+    spec = load_spec(name)
+    model, provenance = build_model(spec)
+    return spec, model, provenance
+
+
+class _timer:
+    def __init__(self, result: TaskResult, stage: str) -> None:
+        self.result, self.stage = result, stage
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.result.seconds[self.stage] = round(time.perf_counter() - self.start, 3)
+
+
+@dataclass
+class RunReport:
+    """The whole run: per-task results and totals; saved as JSON beside the store."""
+
+    started: str
+    request: dict[str, Any]
+    tasks: list[TaskResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        count = {status: sum(1 for t in self.tasks if t.status == status)
+                 for status in ("done", "empty", "skipped", "failed")}  # fmt: skip
+        scenes = len({s for t in self.tasks for s in t.scenes})
+        dropped = sum(len(t.dropped) for t in self.tasks)
+        stages = {stage: round(sum(t.seconds.get(stage, 0.0) for t in self.tasks), 1)
+                  for stage in ("search", "load", "encode", "write")}  # fmt: skip
+        lines = [
+            f"{count['done']} tile-periods done, {count['empty']} without scenes, {count['skipped']} already complete, "
+            f"{count['failed']} failed; {scenes} scenes used, {dropped} dropped; {self.seconds:.1f} s "
+            f"(task time per stage: {', '.join(f'{k} {v} s' for k, v in stages.items())})",
+            *(f"  failed {t.tile} {t.period}: {t.error}" for t in self.tasks if t.status == "failed"),
+        ]
+        return "\n".join(lines)
+
+    def save(self, path: Path) -> Path:
+        target = path.with_name(path.stem + ".runs") / f"run-{self.started.replace(':', '')}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(asdict(self), indent=1, default=str))
+        return target
+
+
+class TaskFailedWarning(AefWarning):
+    """A tile-period failed; the others went on, and the report says why."""
+
+
+def run(request: RunRequest, submit: Callable[[list[TileTask]], Iterator[TaskResult]] | None = None) -> RunReport:
+    """Plan, write the template, run every task (through `submit`, default: in this process),
+    record the report. `submit` is how a cluster plugs in (flows/ and the CLI use dask)."""
+    started = time.perf_counter()
+    report = RunReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), _describe(request))
+    spec, _, provenance = loaded_model(request.model)
+    tasks = plan_tasks(request.bbox, request.periods, spec)
+    prepare_store(request, spec, provenance, tasks)
+    for result in (submit or _in_process(request))(tasks):
+        if result.status == "failed":
+            warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, stacklevel=2)
+        report.tasks.append(result)
+    report.seconds = round(time.perf_counter() - started, 2)
+    report.save(request.output)
+    return report
+
+
+def _in_process(request: RunRequest) -> Callable[[list[TileTask]], Iterator[TaskResult]]:
+    def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
+        for task in tasks:
+            yield process_task(task, request)
+
+    return submit
+
+
+def _describe(request: RunRequest) -> dict[str, Any]:
+    return {"bbox": asdict(request.bbox), "periods": [p.label for p in request.periods],
+            "output": str(request.output), "catalog": request.catalog.url,
+            "collections": list(request.catalog.collections), "model": request.model}  # fmt: skip
