@@ -18,9 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The main job, offline: the synthetic catalog (built on first use) -> a two-year embedding field.
 demo: setup
-	rm -rf $(DEMO_DIR)/catalog
+	rm -rf $(DEMO_DIR)/catalog $(DEMO_DIR)/field.zarr $(DEMO_DIR)/field.stac $(DEMO_DIR)/field.runs
 	$(BIN)/aef-pipeline demo-catalog $(DEMO_DIR)/catalog
+	$(BIN)/aef-pipeline run --stac $(DEMO_DIR)/catalog/catalog.json --bbox 15.057 46.194 15.073 46.206 \
+		--years 2021-2022 --out $(DEMO_DIR)/field.zarr --model tiny --device auto --workers 2
+	$(BIN)/aef-pipeline info $(DEMO_DIR)/field.zarr
 
 lint: setup
 	$(BIN)/ruff check .

@@ -12,9 +12,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from aef_pipeline import __version__
 from aef_pipeline.errors import UserInputError
+from aef_pipeline.plan import parse_periods, parse_years
 
 EXIT_USAGE = 2
 
@@ -29,10 +31,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage text stays behind --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"aef-pipeline: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="aef-pipeline", description="AlphaEarth-style embedding fields from Sentinel-2 L2A."
-    )
+    parser = _Parser(prog="aef-pipeline", description="AlphaEarth-style embedding fields from Sentinel-2 L2A.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
@@ -50,7 +58,43 @@ def _parser() -> argparse.ArgumentParser:
         "--years", default="2021-2022", help="calendar years of acquisitions: 2022, 2021-2022 or 2019,2022"
     )
     demo.set_defaults(handler=_demo_catalog)
+    _add_run(commands)
+    _add_plan(commands)
+    info = commands.add_parser("info", help="what an embedding store holds and how complete it is")
+    info.add_argument("path", type=Path)
+    info.set_defaults(handler=_info)
     return parser
+
+
+def _add_area_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"), required=True,
+                        help="area in degrees; W > E means across the antimeridian")  # fmt: skip
+    parser.add_argument("--years", help="calendar years: 2020, 2017-2024 or 2018,2020 (2017-2024)")
+    parser.add_argument("--period", action="append", default=[], metavar="START/END",
+                        help="a custom valid period, e.g. 2021-03-01/2021-09-01 (repeatable)")  # fmt: skip
+    parser.add_argument("--stac", default="https://earth-search.aws.element84.com/v1",
+                        help="STAC API URL or static catalog path; 'demo' = the offline synthetic catalog")  # fmt: skip
+    parser.add_argument("--collection", action="append", default=[], help="default sentinel-2-c1-l2a")
+    parser.add_argument("--model", default="tiny", help="spec name in models/ (tiny, paper) or a spec file")
+    parser.add_argument("--max-cloud", type=float, default=None, help="drop products above this eo:cloud_cover")
+
+
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser("run", help="compute an embedding field for an area and years into a Zarr store")
+    _add_area_arguments(run)
+    run.add_argument("--out", type=Path, required=True, help="the Zarr store (created, or extended)")
+    run.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
+    run.add_argument("--scheduler", help="address of an existing dask scheduler (else a local cluster)")
+    run.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
+    run.add_argument("--overwrite", action="store_true", help="replace a store made with another model/grid")
+    run.add_argument("--storage", choices=["int8", "float16", "float32"], default="int8")
+    run.set_defaults(handler=_run)
+
+
+def _add_plan(commands: Any) -> None:
+    plan = commands.add_parser("plan", help="dry run: tiles, periods, scenes found, pixels and bytes to read")
+    _add_area_arguments(plan)
+    plan.set_defaults(handler=_plan)
 
 
 def _demo_catalog(args: argparse.Namespace) -> int:
@@ -82,23 +126,77 @@ def _demo_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_years(text: str, first: int, last: int) -> tuple[int, ...]:
-    """ "2020" -> (2020,); "2017-2019" -> (2017, 2018, 2019); "2018,2020" -> (2018, 2020)."""
-    years: list[int] = []
-    for part in text.split(","):
-        start, sep, end = part.strip().partition("-")
-        try:
-            span = range(int(start), int(end) + 1) if sep else range(int(start), int(start) + 1)
-        except ValueError:
-            raise UserInputError(
-                f"--years {text!r} is not understood: write a year (2020), a range (2017-2024) or a list (2018,2020)"
-            ) from None
-        if not span:
-            raise UserInputError(f"--years {part.strip()!r} is an inverted range: write the earlier year first")
-        if span[0] < first or span[-1] > last:
-            raise UserInputError(f"--years {text!r} is outside {first}-{last}: choose years in that range")
-        years.extend(span)
-    return tuple(sorted(set(years)))
+def _request(args: argparse.Namespace) -> Any:
+    from aef_pipeline.grid import BBox
+    from aef_pipeline.run import RunRequest
+    from aef_pipeline.search import CatalogConfig
+
+    west, south, east, north = args.bbox
+    bbox = BBox(west, south, east, north, crosses_antimeridian=west > east)
+    periods = parse_periods(args.years, args.period)
+    catalog = _demo_stac() if args.stac == "demo" else args.stac
+    collections = tuple(args.collection) or ("sentinel-2-c1-l2a",)
+    return RunRequest(
+        bbox=bbox, periods=periods, output=getattr(args, "out", Path("unused")),
+        catalog=CatalogConfig(catalog, collections), model=args.model, device=getattr(args, "device", "auto"),
+        max_cloud_cover=args.max_cloud, overwrite=getattr(args, "overwrite", False),
+        storage=getattr(args, "storage", "int8"),
+    )  # fmt: skip
+
+
+def _demo_stac() -> str:
+    """The offline demo catalog (built on first use under demo/catalog)."""
+    from aef_pipeline.testing import build_catalog, write_static_catalog
+
+    target = Path("demo") / "catalog"
+    if not (target / "catalog.json").is_file():
+        write_static_catalog(build_catalog(target, "earth-search"))
+    return str(target / "catalog.json")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from aef_pipeline.cluster import connect, dask_submitter
+    from aef_pipeline.model import load_spec
+    from aef_pipeline.run import run
+
+    request = _request(args)
+    load_spec(request.model)  # an unknown model is a one-line error before anything starts
+    with connect(args.scheduler, args.workers) as client:
+        report = run(request, submit=dask_submitter(client, request))
+    print(report.summary())
+    print(f"wrote {request.output} ({', '.join(p.label for p in request.periods)})")
+    return 1 if any(task.status == "failed" for task in report.tasks) else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from aef_pipeline.encode import required_halo
+    from aef_pipeline.model import load_spec
+    from aef_pipeline.run import plan_tasks
+    from aef_pipeline.search import open_source, search_tile
+
+    request = _request(args)
+    spec = load_spec(request.model)
+    tasks = plan_tasks(request.bbox, request.periods, spec)
+    source = open_source(request.catalog)
+    total_px = total_bytes = 0
+    for task in tasks:
+        area = task.geobox().pad(required_halo(spec, False))
+        selection = search_tile(source, area, task.period, spec.bands, request.max_cloud_cover)
+        # uint16 bands plus the uint8 SCL per product, read on the load grid
+        read = len(selection.items) * area.shape[0] * area.shape[1] * (2 * len(spec.bands) + 1)
+        total_px, total_bytes = total_px + task.pixels, total_bytes + read
+        scenes = f"{len(selection.items)} scenes ({len(selection.skipped)} dropped)"
+        print(f"{task.tile} {task.period.label} window {task.window}: {task.pixels:,} px, {scenes}, "
+              f"~{read / 1e6:.0f} MB to read")  # fmt: skip
+    print(f"{len(tasks)} tasks, {total_px:,} px, ~{total_bytes / 1e9:.2f} GB to read, model {spec.name}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from aef_pipeline.store import describe_store
+
+    print(describe_store(args.path))
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
 from aef_pipeline import __version__
+from aef_pipeline.catalog import write_stac
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.errors import AefWarning
 from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
@@ -32,7 +33,7 @@ from aef_pipeline.model import ModelSpec, Provenance, STPEncoder, build_model, l
 from aef_pipeline.plan import Period
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
-from aef_pipeline.store import StoreLayout, create_store, finished, write_tile
+from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
 
 Window = tuple[int, int, int, int]
 """(row0, row1, col0, col1) pixels within a tile."""
@@ -245,6 +246,8 @@ def run(request: RunRequest, submit: Callable[[list[TileTask]], Iterator[TaskRes
         if result.status == "failed":
             warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, stacklevel=2)
         report.tasks.append(result)
+    finalize(request.output)
+    write_stac(request.output)
     report.seconds = round(time.perf_counter() - started, 2)
     report.save(request.output)
     return report

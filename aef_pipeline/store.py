@@ -240,6 +240,24 @@ def open_embeddings(path: str | os.PathLike[str], zone: str | None = None) -> xr
     return ds.sortby("time")
 
 
+def describe_store(path: Path) -> str:
+    """A few lines on what a store holds and how complete it is (`aef-pipeline info`)."""
+    zones = zones_in(path)
+    if not zones:
+        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    lines = [f"{path}: {len(zones)} zone group(s)"]
+    for zone in zones:
+        ds = xr.open_zarr(path, group=zone, consolidated=_consolidated(path))
+        records = ds.tile_record.values
+        done, total = int((records != "").sum()), records.size
+        lines.append(
+            f"  {zone}: {ds.sizes['y']} x {ds.sizes['x']} px, periods "
+            f"{', '.join(str(t)[:10] for t in ds.time.values)}, {ds.attrs['aef:storage']}, model "
+            f"{ds.attrs['aef:model']} ({ds.attrs['aef:model_weights']}); tile-periods written {done}/{total}"
+        )
+    return "\n".join(lines)
+
+
 def _consolidated(path: Path) -> bool:
     root = path / "zarr.json"
     return root.is_file() and "consolidated_metadata" in json.loads(root.read_text())
@@ -369,6 +387,8 @@ def _check_writable(path: Path) -> None:
         raise UserInputError(f"{parent} is not writable: choose another --out")
     if path.exists() and not path.is_dir():
         raise UserInputError(f"{path} exists and is not a directory (a Zarr store): choose another --out")
+    if path.is_dir() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+        raise UserInputError(f"{path} holds something that is not an embedding store: choose another --out")
 
 
 def _zone_attrs(path: Path, zone: str) -> dict[str, Any] | None:
@@ -426,6 +446,7 @@ __all__ = [
     "StoreLayout",
     "create_store",
     "dequantise",
+    "describe_store",
     "finalize",
     "finished",
     "open_embeddings",

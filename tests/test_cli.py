@@ -9,8 +9,9 @@ from pathlib import Path
 import pystac
 import pytest
 
-from aef_pipeline.cli import main, parse_years
+from aef_pipeline.cli import main
 from aef_pipeline.errors import UserInputError
+from aef_pipeline.plan import parse_years
 
 
 def test_demo_catalog_writes_a_static_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,113 @@
+"""The pipeline end to end: CLI on a LocalCluster against the local STAC API, split runs, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import aef_pipeline
+from aef_pipeline.cli import main
+from aef_pipeline.grid import BBox
+from aef_pipeline.model import load_spec
+from aef_pipeline.plan import Period
+from aef_pipeline.run import RunRequest, plan_tasks, run, task_window
+from aef_pipeline.search import CatalogConfig
+from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
+from aef_pipeline.testing.scenes import DEFAULT_SITE
+
+SITE = ["15.057", "46.194", "15.073", "46.206"]
+
+
+def test_cli_run_on_a_local_cluster(
+    tmp_path: Path, stac_api: str, earth_search_catalog: SyntheticCatalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "field.zarr"
+    argv = ["run", "--stac", stac_api, "--bbox", *SITE, "--years", "2021-2022", "--out", str(out), "--device", "cpu",
+            "--workers", "2"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "2 tile-periods done" in printed
+    ds = aef_pipeline.open_embeddings(out)
+    assert [str(t)[:4] for t in ds.time.values] == ["2021", "2022"]
+    assert ds.rio.crs.to_epsg() == 32633
+    vectors = ds.embedding.values
+    observed = ds.observations.values > 0
+    norms = np.linalg.norm(vectors, axis=-1)
+    assert observed.sum() > 10_000
+    assert np.allclose(norms[observed], 1.0, atol=0.02)
+    assert np.isnan(vectors[~observed]).all()
+    assert main(["info", str(out)]) == 0
+    assert "tile-periods written 2/2" in capsys.readouterr().out
+
+
+def test_one_bbox_or_two_halves_give_the_same_field(tmp_path: Path, earth_search_catalog: SyntheticCatalog) -> None:
+    catalog = CatalogConfig(str(write_static_catalog(earth_search_catalog)))
+    whole = BBox(15.057, 46.194, 15.073, 46.206)
+    halves = [BBox(15.057, 46.194, 15.065, 46.206), BBox(15.065, 46.194, 15.073, 46.206)]
+    periods = (Period.year(2022),)
+    run(RunRequest(whole, periods, tmp_path / "one.zarr", catalog, device="cpu"))
+    for half in halves:
+        run(RunRequest(half, periods, tmp_path / "two.zarr", catalog, device="cpu"))
+    one = aef_pipeline.open_embeddings(tmp_path / "one.zarr").embedding.values
+    two = aef_pipeline.open_embeddings(tmp_path / "two.zarr").embedding.values
+    np.testing.assert_array_equal(one, two)
+    assert np.isfinite(one).any()
+
+
+def test_cost_follows_the_bbox_not_the_tile() -> None:
+    spec = load_spec("tiny")
+    small = BBox(DEFAULT_SITE.lon - 0.004, DEFAULT_SITE.lat - 0.004, DEFAULT_SITE.lon + 0.004, DEFAULT_SITE.lat + 0.004)
+    (task,) = plan_tasks(small, (Period.year(2022),), spec)
+    assert task.pixels <= (100 + 2 * spec.core) ** 2  # ~0.6 x 0.9 km, not a 1920 px tile
+    r0, r1, c0, c1 = task.window
+    assert r0 % spec.core == c0 % spec.core == r1 % spec.core == c1 % spec.core == 0
+    assert task_window(task.tile, small, spec.core) == task.window
+
+
+def test_a_bbox_across_a_zone_edge_plans_both_zones() -> None:
+    tasks = plan_tasks(BBox(17.99, 46.0, 18.01, 46.01), (Period.year(2022),), load_spec("tiny"))
+    assert {task.tile.zone for task in tasks} == {33, 34}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--years", "2015-2016"], "--years '2015-2016' is outside 2017-2024"),
+        (["--years", "2024-2020"], "inverted range"),
+        (["--period", "2021-03-01"], "--period '2021-03-01' is not understood"),
+        (["--years", "2022", "--model", "huge"], "model spec 'huge' not found"),
+        (["--years", "2022", "--scheduler", "tcp://127.0.0.1:9"], "dask scheduler tcp://127.0.0.1:9 did not answer"),
+    ],
+)
+def test_bad_run_arguments_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    out = tmp_path / "field.zarr"
+    code = main(["run", "--stac", "http://127.0.0.1:9", "--bbox", *SITE, "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_bbox_with_three_numbers_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--bbox", "1", "2", "3", "--out", "x.zarr"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --bbox: expected 4 arguments" in err
+    assert err.count("\n") == 1
+
+
+def test_an_output_that_is_not_our_store_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"jpeg")
+    catalog = "demo"
+    code = main(["run", "--stac", catalog, "--bbox", *SITE, "--years", "2022", "--out", str(out), "--workers", "1"])
+    assert code == 2
+    assert "holds something that is not an embedding store" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
