@@ -48,6 +48,9 @@ class EncodeOptions:
     """Windows every half core, blended; needs `required_halo(spec, True)` pixels of halo."""
     frame_bucket: int = 8
     """Frame counts are padded up to a multiple of this, so windows batch together."""
+    read_rows: int = 512
+    """Cube rows read at once (plus the windows' overlap): fewer re-reads of a lazy cube's chunks
+    against more memory (read_rows x width x frames x bands x 4 bytes)."""
     frames_per_batch: int = 1024
     """At most this many (window, frame) pairs per forward: a batch of long time series shrinks so
     memory stays bounded whatever a year holds (a full year is 70-150 frames per window)."""
@@ -107,7 +110,7 @@ def encode_cube(
     times = torch.from_numpy(cube.time.values.astype("datetime64[ms]").astype(np.int64))
     period_ms = torch.tensor([to_ms(period.start), to_ms(period.end)], dtype=torch.int64)
     total = np.zeros((spec.output_dim, height, width), np.float64)
-    for row_block, windows in _window_rows(cube, spec, stride, height, width):
+    for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows):
         for batch in _batches(windows, options):
             vectors = _run(model, spec, row_block, batch, times, period_ms, device, options)
             _accumulate(total, vectors, batch, spec, halo, options.overlap)
@@ -151,25 +154,32 @@ def _inner_shape(cube: xr.Dataset, spec: ModelSpec, halo: int) -> tuple[int, int
 
 
 def _window_rows(
-    cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int
+    cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int, read_rows: int
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], list[_Window]]]:
-    """One row of windows at a time, with the cube rows it needs read once (bounded memory).
+    """One row of windows at a time (bounded memory), reading the cube `read_rows` rows at a time
+    plus the windows' overlap, so a lazy cube's chunks are not recomputed for every window row.
 
     Window k's input starts at cube pixel k * stride on each axis: without overlap its core is
     the k-th core of the inner area; with overlap the cores start half a core before the area
     and step by half a core, one more per axis.
     """
     extra = 0 if stride == spec.core else 1
-    for top in range(0, (height // stride + extra) * stride, stride):
-        rows = cube.isel(y=slice(top, top + spec.window))
-        reflectance = np.asarray(rows.reflectance.values, dtype=np.float32)  # (T, C, L, W)
-        valid = np.asarray(rows.valid.values, dtype=bool) & np.isfinite(reflectance).all(axis=1)
-        windows = []
-        for left in range(0, (width // stride + extra) * stride, stride):
-            frames = np.flatnonzero(valid[:, :, left : left + spec.window].any(axis=(1, 2)))
-            if frames.size:
-                windows.append(_Window(top, left, frames))
-        yield (reflectance, valid), windows
+    tops = list(range(0, (height // stride + extra) * stride, stride))
+    per_read = max(1, read_rows // stride)
+    for first in range(0, len(tops), per_read):
+        group = tops[first : first + per_read]
+        block = cube.isel(y=slice(group[0], group[-1] + spec.window))
+        block_reflectance = np.asarray(block.reflectance.values, dtype=np.float32)  # (T, C, rows, W)
+        block_valid = np.asarray(block.valid.values, dtype=bool) & np.isfinite(block_reflectance).all(axis=1)
+        for top in group:
+            rows = slice(top - group[0], top - group[0] + spec.window)
+            reflectance, valid = block_reflectance[:, :, rows], block_valid[:, rows]
+            windows = []
+            for left in range(0, (width // stride + extra) * stride, stride):
+                frames = np.flatnonzero(valid[:, :, left : left + spec.window].any(axis=(1, 2)))
+                if frames.size:
+                    windows.append(_Window(top, left, frames))
+            yield (reflectance, valid), windows
 
 
 def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[list[_Window]]:

@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import dask
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
@@ -34,6 +35,10 @@ from aef_pipeline.plan import Period
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
 from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
+
+# Reading inside a task: a few threads of GDAL range requests, chunks one window-row tall.
+READ_THREADS = 4
+LOAD_CHUNK_PX = 256
 
 Window = tuple[int, int, int, int]
 """(row0, row1, col0, col1) pixels within a tile."""
@@ -165,13 +170,17 @@ def process_task(task: TileTask, request: RunRequest) -> TaskResult:
     if selection.empty:
         result.status = "empty"
         return result
-    with report_read_failures() as failures, _timer(result, "load"):
-        loaded = load_selection(selection, area.pad(halo), spec.bands, GdalOptions(), chunk_px=None)
-        cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
+    # The cube stays lazy: encode_cube reads it one row of windows at a time, so a task's memory
+    # is a row block (L rows x the window's width x frames x bands) plus the model's activations,
+    # whatever the tile holds. Its reads run on this worker's threads, where read failures are seen.
+    with report_read_failures() as failures, dask.config.set(scheduler="threads", num_workers=READ_THREADS):
+        with _timer(result, "load"):
+            loaded = load_selection(selection, area.pad(halo), spec.bands, GdalOptions(), chunk_px=LOAD_CHUNK_PX)
+            cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
+        with _timer(result, "encode"):  # includes the lazy reads of the reflectance bands
+            options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
+            embeddings = encode_cube(cube, task.period, model, spec, options, provenance=provenance)
     result.read_failures = list(failures)
-    with _timer(result, "encode"):
-        options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
-        embeddings = encode_cube(cube, task.period, model, spec, options, provenance=provenance)
     with _timer(result, "write"):
         record = {"scenes": result.scenes, "dropped": result.dropped, "read_failures": result.read_failures,
                   "model": spec.name, "model_weights": provenance.description,
