@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed import Client
 
 import aef_pipeline
 from aef_pipeline.cli import main
@@ -111,3 +116,49 @@ def test_an_output_that_is_not_our_store_is_refused(tmp_path: Path, capsys: pyte
     assert code == 2
     assert "holds something that is not an embedding store" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
+
+
+@pytest.fixture
+def external_scheduler(tmp_path: Path) -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes, as on a cluster."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    log = (tmp_path / "dask.log").open("w")
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                   "--dashboard-address", ":0"], stdout=log, stderr=log)]  # fmt: skip
+    processes += [
+        subprocess.Popen(
+            [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"], stdout=log, stderr=log
+        )
+        for _ in range(2)
+    ]
+    try:
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_an_external_scheduler_gives_the_same_store(
+    tmp_path: Path, stac_api: str, external_scheduler: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--stac", stac_api, "--bbox", *SITE, "--years", "2022", "--device", "cpu"]
+    assert main(["run", *common, "--out", str(tmp_path / "local.zarr"), "--workers", "2"]) == 0
+    with Client(external_scheduler, timeout="30s") as client:  # type: ignore[no-untyped-call]
+        client.wait_for_workers(2, timeout=60)
+    assert main(["run", *common, "--out", str(tmp_path / "remote.zarr"), "--scheduler", external_scheduler]) == 0
+    local = aef_pipeline.open_embeddings(tmp_path / "local.zarr")
+    remote = aef_pipeline.open_embeddings(tmp_path / "remote.zarr")
+    np.testing.assert_array_equal(local.embedding.values, remote.embedding.values)
+    np.testing.assert_array_equal(local.observations.values, remote.observations.values)
