@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
+from pyproj import Transformer
 
 import aef_pipeline
 from aef_pipeline.cli import main
@@ -19,7 +20,8 @@ from aef_pipeline.model import load_spec
 from aef_pipeline.plan import Period
 from aef_pipeline.run import RunRequest, plan_tasks, run, task_window
 from aef_pipeline.search import CatalogConfig
-from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
+from aef_pipeline.store import zones_in
+from aef_pipeline.testing import CatalogSpec, Site, SyntheticCatalog, build_catalog, write_static_catalog
 from aef_pipeline.testing.scenes import DEFAULT_SITE
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
@@ -162,3 +164,21 @@ def test_an_external_scheduler_gives_the_same_store(
     remote = aef_pipeline.open_embeddings(tmp_path / "remote.zarr")
     np.testing.assert_array_equal(local.embedding.values, remote.embedding.values)
     np.testing.assert_array_equal(local.observations.values, remote.observations.values)
+
+
+def test_a_bbox_across_a_zone_edge_writes_both_zone_groups(tmp_path: Path) -> None:
+    site = Site(lon=18.0, lat=46.2)  # the 33/34 zone edge runs through the site
+    spec = CatalogSpec(site=site, years=(2022,), revisit_days=60, duplicate_index=-1, overcast_index=-1,
+                       swath_edge_index=-1)  # fmt: skip
+    catalog = CatalogConfig(str(write_static_catalog(build_catalog(tmp_path / "cat", "earth-search", spec))))
+    bbox = BBox(17.995, 46.195, 18.005, 46.205)
+    run(RunRequest(bbox, (Period.year(2022),), tmp_path / "field.zarr", catalog, device="cpu"))
+    assert zones_in(tmp_path / "field.zarr") == ["33N", "34N"]
+    # Points just either side of the edge, each in its own zone's group, both computed.
+    for zone, lon in (("33N", 17.9995), ("34N", 18.0005)):
+        ds = aef_pipeline.open_embeddings(tmp_path / "field.zarr", zone=zone).isel(time=0)
+        epsg = int(ds.rio.crs.to_epsg())
+        x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, 46.2)
+        vector = ds.embedding.sel(x=x, y=y, method="nearest").values
+        assert np.isfinite(vector).all(), zone
+        assert abs(np.linalg.norm(vector) - 1) < 0.02
