@@ -25,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "config", None):
+            args = _with_config(args, argv)
         return int(args.handler(args))
     except UserInputError as error:
         print(f"aef-pipeline: error: {error}", file=sys.stderr)
@@ -32,7 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (the usage text stays behind --help)."""
+    """argparse, but a usage mistake is one line (the usage text stays behind --help), and no
+    abbreviated flags (--config must see every flag the command line gave)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         print(f"aef-pipeline: error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -67,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_area_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"), required=True,
+    parser.add_argument("--config", type=Path, help="TOML file of these options (bbox = [W, S, E, N], years = "
+                        '"2017-2024", ...); flags given on the command line win')  # fmt: skip
+    parser.add_argument("--bbox", nargs=4, type=float, metavar=("W", "S", "E", "N"),
                         help="area in degrees; W > E means across the antimeridian")  # fmt: skip
     parser.add_argument("--years", help="calendar years: 2020, 2017-2024 or 2018,2020 (2017-2024)")
     parser.add_argument("--period", action="append", default=[], metavar="START/END",
@@ -82,7 +90,7 @@ def _add_area_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_run(commands: Any) -> None:
     run = commands.add_parser("run", help="compute an embedding field for an area and years into a Zarr store")
     _add_area_arguments(run)
-    run.add_argument("--out", type=Path, required=True, help="the Zarr store (created, or extended)")
+    run.add_argument("--out", type=Path, help="the Zarr store (created, or extended)")
     run.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
     run.add_argument("--scheduler", help="address of an existing dask scheduler (else a local cluster)")
     run.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
@@ -126,12 +134,38 @@ def _demo_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_config(args: argparse.Namespace, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Options from the TOML file, then the command line's flags over them."""
+    import tomllib
+
+    try:
+        config = tomllib.loads(args.config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UserInputError(f"--config {args.config} cannot be read: {error}") from None
+    known = vars(args)
+    unknown = sorted(key for key in config if key.replace("-", "_") not in known)
+    if unknown:
+        raise UserInputError(f"--config {args.config}: unknown option {', '.join(unknown)}")
+    tokens = list(argv if argv is not None else sys.argv[1:])
+    on_command_line = {token[2:].split("=")[0].replace("-", "_") for token in tokens if token.startswith("--")}
+    merged = vars(args)
+    for key, value in config.items():
+        name = key.replace("-", "_")
+        if name not in on_command_line:
+            merged[name] = Path(value) if name == "out" else value
+    return argparse.Namespace(**merged)
+
+
 def _request(args: argparse.Namespace) -> Any:
     from aef_pipeline.grid import BBox
     from aef_pipeline.run import RunRequest
     from aef_pipeline.search import CatalogConfig
 
-    west, south, east, north = args.bbox
+    if not args.bbox or len(args.bbox) != 4:
+        raise UserInputError("no area given: pass --bbox W S E N (or bbox = [W, S, E, N] in --config)")
+    if hasattr(args, "out") and args.out is None:
+        raise UserInputError('no output given: pass --out PATH (or out = "PATH" in --config)')
+    west, south, east, north = (float(v) for v in args.bbox)
     bbox = BBox(west, south, east, north, crosses_antimeridian=west > east)
     periods = parse_periods(args.years, args.period)
     catalog = _demo_stac() if args.stac == "demo" else args.stac

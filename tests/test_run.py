@@ -182,3 +182,16 @@ def test_a_bbox_across_a_zone_edge_writes_both_zone_groups(tmp_path: Path) -> No
         vector = ds.embedding.sel(x=x, y=y, method="nearest").values
         assert np.isfinite(vector).all(), zone
         assert abs(np.linalg.norm(vector) - 1) < 0.02
+
+
+def test_a_config_file_with_flags_over_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('bbox = [15.057, 46.194, 15.073, 46.206]\nyears = "2021"\nmodel = "huge"\nstac = "demo"\n')
+    # The file names a model that does not exist; the flag overrides it and the plan runs offline.
+    assert main(["plan", "--config", str(config), "--model", "tiny"]) == 0
+    assert "1 tasks" in capsys.readouterr().out
+    assert main(["plan", "--config", str(config)]) == 2
+    assert "model spec 'huge' not found" in capsys.readouterr().err
+    config.write_text("colour = 'red'\n")
+    assert main(["plan", "--config", str(config)]) == 2
+    assert "unknown option colour" in capsys.readouterr().err
