@@ -109,7 +109,7 @@ def encode_cube(
     stride = spec.core // 2 if options.overlap else spec.core
     times = torch.from_numpy(cube.time.values.astype("datetime64[ms]").astype(np.int64))
     period_ms = torch.tensor([to_ms(period.start), to_ms(period.end)], dtype=torch.int64)
-    total = np.zeros((spec.output_dim, height, width), np.float64)
+    total = np.zeros((spec.output_dim, height, width), np.float32)  # sums of at most four tapered unit vectors
     for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows):
         for batch in _batches(windows, options):
             vectors = _run(model, spec, row_block, batch, times, period_ms, device, options)
@@ -250,7 +250,7 @@ def _accumulate(
 ) -> None:
     """Add each window's core (tapered when overlapping) into the inner-area total."""
     core, context = spec.core, spec.context
-    taper = _taper(core) if overlap else np.ones((core, core), np.float64)
+    taper = _taper(core) if overlap else np.ones((core, core), np.float32)
     for window, vector in zip(batch, vectors, strict=True):
         top, left = window.row + context - halo, window.col + context - halo  # core origin, inner coords
         rows = slice(max(top, 0), min(top + core, total.shape[1]))
@@ -266,7 +266,7 @@ def _accumulate(
 def _taper(core: int) -> np.ndarray:
     """sin^2 weights over a core: with half-core steps they sum to one along each axis."""
     ramp = np.sin(np.pi * (np.arange(core) + 0.5) / core) ** 2
-    return np.outer(ramp, ramp)
+    return np.outer(ramp, ramp).astype(np.float32)
 
 
 def _assemble(cube: xr.Dataset, total: np.ndarray, halo: int, height: int, width: int, spec: ModelSpec) -> xr.Dataset:
