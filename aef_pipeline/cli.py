@@ -19,6 +19,10 @@ from aef_pipeline.errors import UserInputError
 from aef_pipeline.plan import parse_periods, parse_years
 
 EXIT_USAGE = 2
+# Throughputs for `plan`'s time estimate: what the 2-core build machine achieved with `paper`
+# (docs/performance.md), and 40 % of an H100's bf16 dense peak (the encoder's target).
+CPU_FLOPS = 8e10
+GPU_FLOPS = 4e14
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from aef_pipeline.encode import required_halo
     from aef_pipeline.model import load_spec
+    from aef_pipeline.model.flops import flops_per_window
     from aef_pipeline.run import plan_tasks
     from aef_pipeline.search import open_source, search_tile
 
@@ -212,18 +217,30 @@ def _plan(args: argparse.Namespace) -> int:
     spec = load_spec(request.model)
     tasks = plan_tasks(request.bbox, request.periods, spec)
     source = open_source(request.catalog)
-    total_px = total_bytes = 0
+    total_px = total_bytes = total_flops = 0
     for task in tasks:
         area = task.geobox().pad(required_halo(spec, False))
         selection = search_tile(source, area, task.period, spec.bands, request.max_cloud_cover)
         # uint16 bands plus the uint8 SCL per product, read on the load grid
         read = len(selection.items) * area.shape[0] * area.shape[1] * (2 * len(spec.bands) + 1)
         total_px, total_bytes = total_px + task.pixels, total_bytes + read
+        # Counted FLOPs with every product as a frame: an upper bound (fused and empty frames drop).
+        total_flops += flops_per_window(spec, max(1, len(selection.items))) * task.pixels // spec.core**2
         scenes = f"{len(selection.items)} scenes ({len(selection.skipped)} dropped)"
         print(f"{task.tile} {task.period.label} window {task.window}: {task.pixels:,} px, {scenes}, "
               f"~{read / 1e6:.0f} MB to read")  # fmt: skip
     print(f"{len(tasks)} tasks, {total_px:,} px, ~{total_bytes / 1e9:.2f} GB to read, model {spec.name}")
+    print(f"encoding: at most {total_flops:.2e} FLOP, ~{_duration(total_flops / CPU_FLOPS)} on a CPU at "
+          f"{CPU_FLOPS / 1e9:.0f} GFLOP/s, ~{_duration(total_flops / GPU_FLOPS)} on a GPU at "
+          f"{GPU_FLOPS / 1e12:.0f} TFLOP/s (docs/performance.md)")  # fmt: skip
     return 0
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
 
 
 def _info(args: argparse.Namespace) -> int:
