@@ -156,8 +156,17 @@ def _with_config(args: argparse.Namespace, argv: Sequence[str] | None) -> argpar
     for key, value in config.items():
         name = key.replace("-", "_")
         if name not in on_command_line:
-            merged[name] = Path(value) if name == "out" else value
+            merged[name] = _config_value(name, value)
     return argparse.Namespace(**merged)
+
+
+def _config_value(name: str, value: Any) -> Any:
+    """A TOML value as argparse would have given it: paths as Path, repeatable options as lists."""
+    if name == "out":
+        return Path(value)
+    if name in ("collection", "period") and isinstance(value, str):
+        return [value]
+    return value
 
 
 def _request(args: argparse.Namespace) -> Any:

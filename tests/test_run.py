@@ -195,3 +195,11 @@ def test_a_config_file_with_flags_over_it(tmp_path: Path, capsys: pytest.Capture
     config.write_text("colour = 'red'\n")
     assert main(["plan", "--config", str(config)]) == 2
     assert "unknown option colour" in capsys.readouterr().err
+
+
+def test_config_values_take_the_shape_of_their_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('bbox = [15.057, 46.194, 15.073, 46.206]\nperiod = "2022-03-01/2022-09-01"\n'
+                      'collection = "sentinel-2-c1-l2a"\nstac = "demo"\n')  # fmt: skip
+    assert main(["plan", "--config", str(config)]) == 0
+    assert "2022-03-01_2022-09-01" in capsys.readouterr().out
