@@ -56,8 +56,7 @@ def preprocess(
     reflectance, valid = harmonise(loaded, scenes, bands, policy)
     reflectance, valid = fuse_overpasses(reflectance, valid, acquisitions)
     # Decided from SCL alone, which is small (20 m, uint8): the bands are read once, later.
-    scl_clear = ~loaded[SCL].isin(sorted(policy.invalid_scl))
-    _, clear = fuse_overpasses(scl_clear, scl_clear, acquisitions)
+    clear = fuse_valid(~loaded[SCL].isin(sorted(policy.invalid_scl)), acquisitions)
     keep = _frames_with_valid_core(clear, core)
     cube = xr.Dataset({"reflectance": reflectance.isel(time=keep), "valid": valid.isel(time=keep)})
     cube.attrs["dropped_frames"] = int((~keep).sum())
@@ -82,21 +81,41 @@ def fuse_overpasses(
     """One frame per overpass: products of neighbouring MGRS tiles see the same ground at the same
     moment, so where both are valid the first (in selection order) is taken. The frame keeps the
     first product's timestamp."""
-    order: dict[str, list[int]] = {}
-    for index, acquisition in enumerate(acquisitions):
-        order.setdefault(acquisition, []).append(index)
-    fused_r, fused_v = [], []
-    for indices in order.values():
+    groups = _overpasses(acquisitions)
+    fused = []
+    for indices in groups.values():
         r, v = reflectance.isel(time=indices[0]), valid.isel(time=indices[0])
         for index in indices[1:]:
             r = r.where(v, reflectance.isel(time=index))
+            v = v | valid.isel(time=index)  # where the next product may still fill
+        fused.append(r)
+    return _stack(fused, groups), fuse_valid(valid, acquisitions)
+
+
+def fuse_valid(valid: xr.DataArray, acquisitions: Sequence[str]) -> xr.DataArray:
+    """The validity of each fused overpass frame: valid in any of its products."""
+    groups = _overpasses(acquisitions)
+    fused = []
+    for indices in groups.values():
+        v = valid.isel(time=indices[0])
+        for index in indices[1:]:
             v = v | valid.isel(time=index)
-        fused_r.append(r)
-        fused_v.append(v)
-    labels = xr.DataArray(list(order), dims="time")
-    r_out = xr.concat(fused_r, dim="time").assign_coords(acquisition=labels)
-    v_out = xr.concat(fused_v, dim="time").assign_coords(acquisition=labels)
-    return r_out.sortby("time"), v_out.sortby("time")
+        fused.append(v)
+    return _stack(fused, groups)
+
+
+def _overpasses(acquisitions: Sequence[str]) -> dict[str, list[int]]:
+    """Frame indices per acquisition, in selection order."""
+    groups: dict[str, list[int]] = {}
+    for index, acquisition in enumerate(acquisitions):
+        groups.setdefault(acquisition, []).append(index)
+    return groups
+
+
+def _stack(frames: list[xr.DataArray], groups: dict[str, list[int]]) -> xr.DataArray:
+    """Fused frames along time (each keeps its first product's timestamp), in time order."""
+    stacked = xr.concat(frames, dim="time").assign_coords(acquisition=xr.DataArray(list(groups), dims="time"))
+    return stacked.sortby("time")
 
 
 def _frames_with_valid_core(valid: xr.DataArray, core: GeoBox) -> np.ndarray:
