@@ -107,7 +107,7 @@ def encode_cube(
     device = resolve_device(options.device)
     model = model.to(device)
     stride = spec.core // 2 if options.overlap else spec.core
-    times = torch.from_numpy(cube.time.values.astype("datetime64[ms]").astype(np.int64))
+    times = cube.time.values.astype("datetime64[ms]").astype(np.int64)
     period_ms = torch.tensor([to_ms(period.start), to_ms(period.end)], dtype=torch.int64)
     total = np.zeros((spec.output_dim, height, width), np.float32)  # sums of at most four tapered unit vectors
     for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows):
@@ -198,7 +198,7 @@ def _run(
     spec: ModelSpec,
     row_block: tuple[np.ndarray, np.ndarray],
     batch: list[_Window],
-    times: torch.Tensor,
+    times: np.ndarray,
     period_ms: torch.Tensor,
     device: torch.device,
     options: EncodeOptions,
@@ -215,7 +215,7 @@ def _run(
         n, cols = window.frames.size, slice(window.col, window.col + size)
         x[i, :n] = reflectance[window.frames][:, :, :, cols]
         mask[i, :n] = valid[window.frames][:, :, cols]
-        t[i, :n] = times.numpy()[window.frames]
+        t[i, :n] = times[window.frames]
     inputs = normalise(x, mask, spec)
     with torch.inference_mode(), _autocast(device):
         out: torch.Tensor = model(

@@ -167,7 +167,7 @@ def _write_record(
     path: Path, tile: TileId, period: Period, index: int, attrs: Mapping[str, Any], record: Mapping[str, Any],
     window: tuple[int, int, int, int],
 ) -> None:  # fmt: skip
-    earlier = json.loads(_record_text(path, tile, period) or "{}")
+    earlier = json.loads(_record_at(path, tile, index, attrs["aef:tiles"]) or "{}")
     areas = [*earlier.get("areas", []), list(window)]
     full = {"tile": str(tile), "period": period.label, **record, "areas": areas,
             "written": dt.datetime.now(dt.UTC).isoformat()}  # fmt: skip
@@ -208,8 +208,12 @@ def _record_text(path: Path, tile: TileId, period: Period) -> str:
     attrs, index = _zone_attrs(path, zone), _period_index(path, zone, period)
     if attrs is None or index is None or not _inside(tile, attrs["aef:tiles"]):
         return ""
-    where = _tile_index(tile, attrs["aef:tiles"])
-    array = zarr.open_array(str(path / zone / "tile_record"), mode="r")
+    return _record_at(path, tile, index, attrs["aef:tiles"])
+
+
+def _record_at(path: Path, tile: TileId, index: int, extent: Mapping[str, int]) -> str:
+    where = _tile_index(tile, extent)
+    array = zarr.open_array(str(path / zone_name(tile) / "tile_record"), mode="r")
     return str(array[index, where["tile_row"].start, where["tile_col"].start])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from aef_pipeline.search import CatalogConfig
 from aef_pipeline.store import zones_in
 from aef_pipeline.testing import CatalogSpec, Site, SyntheticCatalog, build_catalog, write_static_catalog
 from aef_pipeline.testing.scenes import DEFAULT_SITE
+from aef_pipeline.testing.server import free_port
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
 
@@ -123,7 +123,7 @@ def test_an_output_that_is_not_our_store_is_refused(tmp_path: Path, capsys: pyte
 @pytest.fixture
 def external_scheduler(tmp_path: Path) -> Iterator[str]:
     """`dask scheduler` and two `dask worker` processes, as on a cluster."""
-    port = _free_port()
+    port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).parent / "dask")
     log = (tmp_path / "dask.log").open("w")
@@ -143,13 +143,6 @@ def external_scheduler(tmp_path: Path) -> Iterator[str]:
         for process in processes:
             process.wait(timeout=30)
         log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_an_external_scheduler_gives_the_same_store(

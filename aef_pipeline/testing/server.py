@@ -42,7 +42,7 @@ def serve_catalogs(
         items = workdir / f"{catalog.collection_id}.items.json"
         items.write_text(json.dumps({"type": "FeatureCollection", "features": list(catalog.items)}))
         paths += [str(collection), str(items)]
-    port = _free_port()
+    port = free_port()
     log = (workdir / "rustac.log").open("w")
     process = subprocess.Popen(
         [_rustac_executable(), "serve", "--addr", f"127.0.0.1:{port}", *paths],
@@ -71,7 +71,8 @@ def _rustac_executable() -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
