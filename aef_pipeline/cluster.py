@@ -63,9 +63,9 @@ def dask_submitter(
     """Submit one future per task with an explicit key, at most `max_in_flight` at a time (default:
     two per worker), and yield results as they complete, with a progress bar in pixels."""
     client.register_plugin(ModelPlugin(request.model))
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    limit = max_in_flight or 2 * workers
-    gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info().get("workers", {}).values())
+    workers = client.scheduler_info().get("workers", {})
+    limit = max_in_flight or 2 * max(1, len(workers))
+    gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
 
     def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
         pending = list(reversed(tasks))

@@ -15,6 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -197,15 +198,14 @@ def loaded_model(name: str) -> tuple[ModelSpec, STPEncoder, Provenance]:
     return spec, model, provenance
 
 
-class _timer:
-    def __init__(self, result: TaskResult, stage: str) -> None:
-        self.result, self.stage = result, stage
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.result.seconds[self.stage] = round(time.perf_counter() - self.start, 3)
+@contextmanager
+def _timer(result: TaskResult, stage: str) -> Iterator[None]:
+    """Record the block's wall time as the task's time for `stage`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        result.seconds[stage] = round(time.perf_counter() - start, 3)
 
 
 @dataclass
