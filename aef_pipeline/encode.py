@@ -49,8 +49,8 @@ class EncodeOptions:
     frame_bucket: int = 8
     """Frame counts are padded up to a multiple of this, so windows batch together."""
     read_rows: int = 512
-    """Cube rows read at once (plus the windows' overlap): fewer re-reads of a lazy cube's chunks
-    against more memory (read_rows x width x frames x bands x 4 bytes)."""
+    """Cube rows read at once, each once: set it to the lazy cube's chunk rows (the pipeline
+    loads chunks of this many rows). Memory: about (read_rows + L) x width x frames x bands x 4 bytes."""
     frames_per_batch: int = 1024
     """At most this many (window, frame) pairs per forward: a batch of long time series shrinks so
     memory stays bounded whatever a year holds (a full year is 70-150 frames per window)."""
@@ -156,8 +156,11 @@ def _inner_shape(cube: xr.Dataset, spec: ModelSpec, halo: int) -> tuple[int, int
 def _window_rows(
     cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int, read_rows: int
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], list[_Window]]]:
-    """One row of windows at a time (bounded memory), reading the cube `read_rows` rows at a time
-    plus the windows' overlap, so a lazy cube's chunks are not recomputed for every window row.
+    """One row of windows at a time (bounded memory).
+
+    The cube is read in consecutive blocks of `read_rows` rows (a lazy cube's chunk rows, see
+    load_selection), each block exactly once; the rows a later window row still needs (windows
+    overlap by their context) stay in memory instead of being read again.
 
     Window k's input starts at cube pixel k * stride on each axis: without overlap its core is
     the k-th core of the inner area; with overlap the cores start half a core before the area
@@ -165,21 +168,37 @@ def _window_rows(
     """
     extra = 0 if stride == spec.core else 1
     tops = list(range(0, (height // stride + extra) * stride, stride))
-    per_read = max(1, read_rows // stride)
-    for first in range(0, len(tops), per_read):
-        group = tops[first : first + per_read]
-        block = cube.isel(y=slice(group[0], group[-1] + spec.window))
-        block_reflectance = np.asarray(block.reflectance.values, dtype=np.float32)  # (T, C, rows, W)
-        block_valid = np.asarray(block.valid.values, dtype=bool) & np.isfinite(block_reflectance).all(axis=1)
-        for top in group:
-            rows = slice(top - group[0], top - group[0] + spec.window)
-            reflectance, valid = block_reflectance[:, :, rows], block_valid[:, rows]
-            windows = []
-            for left in range(0, (width // stride + extra) * stride, stride):
-                frames = np.flatnonzero(valid[:, :, left : left + spec.window].any(axis=(1, 2)))
-                if frames.size:
-                    windows.append(_Window(top, left, frames))
-            yield (reflectance, valid), windows
+    held: tuple[np.ndarray, np.ndarray] | None = None
+    held_from, pending = 0, 0  # first cube row held; index of the next window row to yield
+    for start in range(0, cube.sizes["y"], read_rows):
+        block = cube.isel(y=slice(start, start + read_rows))
+        reflectance = np.asarray(block.reflectance.values, dtype=np.float32)  # (T, C, rows, W)
+        valid = np.asarray(block.valid.values, dtype=bool) & np.isfinite(reflectance).all(axis=1)
+        if held is not None:
+            reflectance, valid = (
+                np.concatenate([held[0], reflectance], axis=2),
+                np.concatenate([held[1], valid], axis=1),
+            )
+        held_to = start + block.sizes["y"]
+        while pending < len(tops) and tops[pending] + spec.window <= held_to:
+            top = tops[pending] - held_from
+            yield (
+                (reflectance[:, :, top : top + spec.window], valid[:, top : top + spec.window]),
+                _row_windows(tops[pending], valid[:, top : top + spec.window], spec, stride, width, extra),
+            )
+            pending += 1
+        keep = (tops[pending] if pending < len(tops) else held_to) - held_from
+        held, held_from = (reflectance[:, :, keep:], valid[:, keep:]), held_from + keep
+
+
+def _row_windows(top: int, valid: np.ndarray, spec: ModelSpec, stride: int, width: int, extra: int) -> list[_Window]:
+    """The windows of one row that have any valid pixel, each with the frames that have one."""
+    windows = []
+    for left in range(0, (width // stride + extra) * stride, stride):
+        frames = np.flatnonzero(valid[:, :, left : left + spec.window].any(axis=(1, 2)))
+        if frames.size:
+            windows.append(_Window(top, left, frames))
+    return windows
 
 
 def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[list[_Window]]:

@@ -8,25 +8,27 @@ Reflectance bands are resampled bilinearly, SCL with nearest neighbour; DN 0 sta
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import odc.stac
 import pystac
 import rasterio
 import xarray as xr
 from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_coords
 
 from aef_pipeline.errors import AefWarning
 from aef_pipeline.providers import SCL
 from aef_pipeline.search import SceneSelection
 
-# Spatial chunk of the lazy cube; one time step per chunk, since each product is its own file.
-DEFAULT_CHUNK_PX = 512
+# Rows of a lazy cube's chunks (full width, one frame: each product is its own file).
+DEFAULT_CHUNK_ROWS = 512
 # Nodata and dtype for every provider: Planetary Computer declares neither (no raster:bands), and
 # odc-stac would then load float32 without nodata.
 _STAC_CFG = {"*": {"assets": {"*": {"data_type": "uint16", "nodata": 0}, SCL: {"data_type": "uint8", "nodata": 0}}}}
@@ -75,37 +77,67 @@ def load_selection(
     geobox: GeoBox,
     bands: Sequence[str],
     gdal: GdalOptions = GdalOptions(),
-    chunk_px: int | None = DEFAULT_CHUNK_PX,
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     sign_url: Callable[[str], str] | None = None,
 ) -> xr.Dataset:
     """A Dataset with one variable per band name (plus SCL), dims (time, y, x) on exactly `geobox`.
 
-    `chunk_px=None` reads eagerly into numpy; otherwise the arrays are lazy dask chunks. Unreadable
-    assets are skipped (odc-stac `fail_on_error=False`) and reported by `report_read_failures`.
-    `sign_url` rewrites asset URLs just before reading (Planetary Computer SAS tokens expire, so
-    they are signed at read time, not at search time); the default signs when the
-    `planetary-computer` package is installed.
+    `chunk_rows=None` reads eagerly into numpy; otherwise the arrays are lazy dask chunks of one
+    frame, `chunk_rows` rows and the full width (the encoder reads the cube in such row blocks, so
+    each chunk is read once). Unreadable assets are skipped (odc-stac `fail_on_error=False`) and
+    reported by `report_read_failures`. `sign_url` rewrites asset URLs just before reading
+    (Planetary Computer SAS tokens expire, so they are signed at read time, not at search time);
+    the default signs when the `planetary-computer` package is installed.
+
+    SCL (20 m, nearest) is read on the 20 m grid that shares the geobox's edges, where odc-stac
+    copies pixels without warping, and each pixel repeated 2 x 2: the same values as GDAL's
+    nearest warp, at a fraction of the cost (docs/performance.md). A geobox off the 20 m lattice
+    is warped by odc-stac. 20 m bands stay bilinear through odc-stac (their edges need the
+    neighbouring source pixels, which a per-chunk doubling would not have).
     """
     items = [
         canonical_item(item, dict(info.asset_keys))
         for item, info in zip(selection.items, selection.scenes, strict=True)
     ]
-    chunks: dict[str, int | Literal["auto"]] | None = (
-        None if chunk_px is None else {"time": 1, "y": chunk_px, "x": chunk_px}
-    )
+    names = [*bands, SCL]
+    coarse = [SCL] if _on_lattice(geobox, 2) else []
+    fine = [name for name in names if name not in coarse]
+    parts = []
     with rasterio.Env(**gdal.env()):
-        return odc.stac.load(
-            items,
-            bands=[*bands, SCL],
-            geobox=geobox,
-            groupby="id",
-            preserve_original_order=True,
-            resampling={"*": "bilinear", SCL: "nearest"},
-            chunks=chunks,
-            fail_on_error=False,
-            stac_cfg=_STAC_CFG,
-            patch_url=sign_url or default_url_signer(),
-        )
+        for group, box, factor in ((fine, geobox, 1), (coarse, geobox.zoom_out(2), 2)):
+            if group:
+                chunks = None if chunk_rows is None else {"time": 1, "y": max(1, chunk_rows // factor), "x": -1}
+                loaded = odc.stac.load(
+                    items, bands=group, geobox=box, groupby="id", preserve_original_order=True,
+                    resampling={"*": "bilinear", SCL: "nearest"}, chunks=chunks, fail_on_error=False,
+                    stac_cfg=_STAC_CFG, patch_url=sign_url or default_url_signer(),
+                )  # fmt: skip
+                parts.append(loaded if factor == 1 else _doubled(loaded, geobox))
+    merged = xr.merge(parts, compat="override", join="override", combine_attrs="override")
+    return merged[names]
+
+
+def _on_lattice(geobox: GeoBox, factor: int) -> bool:
+    """True when the geobox's edges lie on the lattice `factor` times coarser than its pixels."""
+    affine = geobox.affine
+    step = abs(affine.a) * factor
+    height, width = geobox.shape
+    return (
+        affine.b == 0 and affine.d == 0 and height % factor == 0 and width % factor == 0
+        and math.isclose(affine.c / step, round(affine.c / step), abs_tol=1e-6)
+        and math.isclose(affine.f / step, round(affine.f / step), abs_tol=1e-6)
+    )  # fmt: skip
+
+
+def _doubled(coarse: xr.Dataset, geobox: GeoBox) -> xr.Dataset:
+    """Nearest-neighbour doubling onto the 10 m `geobox`: each 20 m pixel becomes 2 x 2 (what
+    GDAL's nearest resampling gives on aligned grids, without its warp)."""
+    coords = {"time": coarse.time, **xr_coords(geobox, crs_coord_name="spatial_ref")}
+    out = {}
+    for name, variable in coarse.data_vars.items():
+        doubled = variable.data.repeat(2, axis=-2).repeat(2, axis=-1)
+        out[name] = xr.DataArray(doubled, dims=("time", "y", "x"), coords=coords, attrs=variable.attrs)
+    return xr.Dataset(out, attrs=coarse.attrs)
 
 
 def canonical_item(item: pystac.Item, asset_keys: dict[str, str]) -> pystac.Item:

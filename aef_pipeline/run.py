@@ -37,9 +37,9 @@ from aef_pipeline.preprocess import preprocess
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
 from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
 
-# Reading inside a task: a few threads of GDAL range requests, chunks one window-row tall.
+# Reading inside a task: a few threads of GDAL range requests; the lazy cube's chunks are row
+# blocks of the task's full width, the blocks the encoder reads (each chunk is read once).
 READ_THREADS = 4
-LOAD_CHUNK_PX = 256
 
 Window = tuple[int, int, int, int]
 """(row0, row1, col0, col1) pixels within a tile."""
@@ -174,12 +174,12 @@ def process_task(task: TileTask, request: RunRequest) -> TaskResult:
     # The cube stays lazy: encode_cube reads it one row of windows at a time, so a task's memory
     # is a row block (L rows x the window's width x frames x bands) plus the model's activations,
     # whatever the tile holds. Its reads run on this worker's threads, where read failures are seen.
+    options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
     with report_read_failures() as failures, dask.config.set(scheduler="threads", num_workers=READ_THREADS):
         with _timer(result, "load"):
-            loaded = load_selection(selection, area.pad(halo), spec.bands, GdalOptions(), chunk_px=LOAD_CHUNK_PX)
+            loaded = load_selection(selection, area.pad(halo), spec.bands, GdalOptions(), chunk_rows=options.read_rows)
             cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
         with _timer(result, "encode"):  # includes the lazy reads of the reflectance bands
-            options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
             embeddings = encode_cube(cube, task.period, model, spec, options, provenance=provenance)
     result.read_failures = list(failures)
     with _timer(result, "write"):

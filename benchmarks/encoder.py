@@ -64,7 +64,7 @@ def _site_cube(
     row = int((tile.geobox.affine.f - scene.window_origin[1]) // 10) // spec.core * spec.core + spec.core
     area = tile.geobox[row : row + cores * spec.core, col : col + cores * spec.core]
     selection = search_tile(open_source(CatalogConfig(url)), area.pad(halo), Period.year(year), spec.bands)
-    loaded = load_selection(selection, area.pad(halo), spec.bands, chunk_px=None)
+    loaded = load_selection(selection, area.pad(halo), spec.bands, chunk_rows=None)
     return preprocess(loaded, selection.scenes, spec.bands, core=area), area
 
 

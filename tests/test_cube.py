@@ -52,7 +52,7 @@ def _select(url: str, collection: str, geobox: GeoBox, year: int) -> SceneSelect
 def _cube(url: str, catalog: SyntheticCatalog, year: int) -> tuple[xr.Dataset, SceneSelection]:
     geobox = _site_geobox(catalog.scenes[0])
     selection = _select(url, catalog.collection_id, geobox, year)
-    loaded = load_selection(selection, geobox, BANDS, chunk_px=None)
+    loaded = load_selection(selection, geobox, BANDS, chunk_rows=None)
     return preprocess(loaded, selection.scenes, BANDS, core=geobox), selection
 
 
@@ -176,7 +176,9 @@ def test_two_tiles_on_a_cluster_equal_the_plain_load(tmp_path: Path) -> None:
     with serve_catalogs([catalog], tmp_path / "api") as url:
         selections = {tile: _select(url, catalog.collection_id, tile.load_geobox(), 2022) for tile in tiles}
     plain = {
-        tile: preprocess(load_selection(sel, tile.load_geobox(), BANDS, chunk_px=None), sel.scenes, BANDS, tile.geobox)
+        tile: preprocess(
+            load_selection(sel, tile.load_geobox(), BANDS, chunk_rows=None), sel.scenes, BANDS, tile.geobox
+        )
         for tile, sel in selections.items()
     }
     with (
@@ -186,7 +188,7 @@ def test_two_tiles_on_a_cluster_equal_the_plain_load(tmp_path: Path) -> None:
     ):
         warnings.simplefilter("ignore", ResourceWarning)  # distributed's own sockets at shutdown
         lazy = [
-            preprocess(load_selection(sel, tile.load_geobox(), BANDS, chunk_px=1024), sel.scenes, BANDS, tile.geobox)
+            preprocess(load_selection(sel, tile.load_geobox(), BANDS, chunk_rows=1024), sel.scenes, BANDS, tile.geobox)
             for tile, sel in selections.items()
         ]
         assert all(cube.reflectance.chunks for cube in lazy)
@@ -206,6 +208,6 @@ def test_asset_urls_are_signed_at_read_time(stac_api: str, planetary_computer_ca
 
     geobox = _site_geobox(planetary_computer_catalog.scenes[0])
     selection = _select(stac_api, planetary_computer_catalog.collection_id, geobox, 2022)
-    load_selection(selection, geobox, BANDS, chunk_px=None, sign_url=sign)
+    load_selection(selection, geobox, BANDS, chunk_rows=None, sign_url=sign)
     assert len(signed) == len(selection.items) * (len(BANDS) + 1)
     assert all(url.startswith("file://") for url in signed)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import urllib.parse
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,23 +55,38 @@ class SyntheticCatalog:
         return next(scene for scene, item in zip(self.scenes, self.items, strict=True) if item["id"] == item_id)
 
 
-def build_catalog(directory: str | os.PathLike[str], flavor: str, spec: CatalogSpec | None = None) -> SyntheticCatalog:
-    """Render every scene of `spec` as COGs under `directory` and describe them as `flavor` items."""
+def build_catalog(
+    directory: str | os.PathLike[str], flavor: str, spec: CatalogSpec | None = None, processes: int = 1
+) -> SyntheticCatalog:
+    """Render every scene of `spec` as COGs under `directory` and describe them as `flavor` items.
+
+    `processes` > 1 renders scenes in that many processes (large benchmark scenes take seconds each).
+    """
     if flavor not in FLAVORS:
         raise ValueError(f"unknown flavor {flavor!r}: choose one of {', '.join(FLAVORS)}")
     spec = spec or CatalogSpec()
     chosen = FLAVORS[flavor]
     root = Path(directory).resolve()
     scenes = plan_scenes(spec, chosen.reprocessed_archive, chosen.removes_offset)
-    items = []
-    for scene in scenes:
-        item_dir = root / chosen.collection_id / chosen.item_id(scene)
-        item_dir.mkdir(parents=True, exist_ok=True)
-        rendered = render_scene(scene)
-        files = write_scene_files(item_dir, scene, rendered, chosen)
-        items.append(make_item(chosen, scene, rendered, files))
+    jobs = [(root, flavor, scene) for scene in scenes]
+    if processes > 1:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            items = list(pool.map(_build_item, jobs))
+    else:
+        items = [_build_item(job) for job in jobs]
     collection = make_collection(chosen, items)
     return SyntheticCatalog(root, chosen, spec, collection, tuple(items), tuple(scenes))
+
+
+def _build_item(job: tuple[Path, str, Scene]) -> JsonDict:
+    """Render one scene, write its files and return its item."""
+    root, flavor, scene = job
+    chosen = FLAVORS[flavor]
+    item_dir = root / chosen.collection_id / chosen.item_id(scene)
+    item_dir.mkdir(parents=True, exist_ok=True)
+    rendered = render_scene(scene)
+    files = write_scene_files(item_dir, scene, rendered, chosen)
+    return make_item(chosen, scene, rendered, files)
 
 
 def write_scene_files(item_dir: Path, scene: Scene, rendered: RenderedScene, flavor: Flavor) -> dict[str, AssetFile]:

@@ -1,0 +1,134 @@
+"""Figures 2 and 3: our load stage against plain rasterio, and the pixels it reads per pixel written.
+
+Loader efficiency: odc-stac loading every (product, band) of one task onto the task's grid, as the
+pipeline does (dask threads, chunks of the encoder's read_rows), against a plain rasterio windowed read of
+the same COG windows with the same number of threads; both read the same bytes, so the ratio of
+their pixels/s is the ratio of their times. Best of `repeats` for each, alternating, page cache
+warm for both.
+
+Read amplification: the source pixels odc-stac asks GDAL for (counted where odc-stac computes each
+read's source window) while the pipeline runs a task end to end (SCL for frame selection, then
+the bands and SCL of the frames kept, in the encoder's row blocks), divided by what a perfect
+reader needs: the task's pixels, at each band's own resolution, for each output frame and band.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+import numpy as np
+import odc.loader._rio as odc_rio
+import rasterio
+from odc.geo.geobox import GeoBox
+from rasterio.windows import Window, from_bounds
+
+from aef_pipeline import sentinel2 as s2
+from aef_pipeline.encode import EncodeOptions
+from aef_pipeline.load import GdalOptions, canonical_item, load_selection
+from aef_pipeline.model import load_spec
+from aef_pipeline.preprocess import preprocess
+from aef_pipeline.providers import SCL
+from aef_pipeline.run import READ_THREADS, RunRequest, TileTask, process_task
+from aef_pipeline.search import SceneSelection
+from benchmarks.report import Figure
+
+READ_ROWS = EncodeOptions().read_rows
+
+
+def loader_efficiency(selection: SceneSelection, load_box: GeoBox, bands: tuple[str, ...], repeats: int = 2,
+                      chunk_rows: int | None = READ_ROWS) -> Figure:  # fmt: skip
+    jobs = _reference_jobs(selection, load_box, bands)
+    pixels = sum(window.width * window.height for _, window in jobs)
+    _read_plain(jobs)  # warm the page cache
+    ours, plain = [], []
+    for _ in range(repeats):
+        ours.append(_timed(lambda: _load_ours(selection, load_box, bands, chunk_rows)))
+        plain.append(_timed(lambda: _read_plain(jobs)))
+    t_ours, t_plain = min(ours), min(plain)
+    return Figure(
+        2, "loader efficiency (our px/s / plain rasterio px/s)", t_plain / t_ours, "", ">= 0.7",
+        sizes=f"{len(selection.items)} products x {len(bands) + 1} assets onto {load_box.shape[0]}x"
+              f"{load_box.shape[1]} px, {READ_THREADS} threads, chunks of {chunk_rows} rows",
+        details={"pixels_read": pixels, "seconds_ours": t_ours, "seconds_plain": t_plain,
+                 "px_per_s_ours": pixels / t_ours, "px_per_s_plain": pixels / t_plain, "chunk_rows": chunk_rows},
+    )  # fmt: skip
+
+
+def read_amplification(task: TileTask, request: RunRequest, selection: SceneSelection, halo: int) -> Figure:
+    """`request.output` must hold a store template with the task's tile and period."""
+    bands, area = load_spec(request.model).bands, task.geobox()
+    with _counting_source_pixels() as counted:
+        process_task(task, request)
+    with dask.config.set(scheduler="threads", num_workers=READ_THREADS):  # the frame count, read apart
+        loaded = load_selection(selection, area.pad(halo), bands, GdalOptions(), chunk_rows=READ_ROWS)
+        frames = preprocess(loaded, selection.scenes, bands, core=area).sizes["time"]
+    needed = frames * sum(area.shape[0] * area.shape[1] * (10 / s2.BAND_BY_NAME[b].resolution) ** 2 for b in bands)
+    return Figure(
+        3, "read amplification (px read / px written x frames x bands)", counted[0] / needed, "", "<= 1.15",
+        sizes=f"task {area.shape[0]}x{area.shape[1]} px + halo {halo}, {len(selection.items)} products -> "
+              f"{frames} frames x {len(bands)} bands",
+        details={"source_pixels_read": counted[0], "source_pixels_needed": needed, "frames": frames},
+    )  # fmt: skip
+
+
+def _reference_jobs(selection: SceneSelection, box: GeoBox, bands: tuple[str, ...]) -> list[tuple[str, Window]]:
+    """(href, source window) of every asset our loader reads: the window covering the load box."""
+    jobs = []
+    for item, info in zip(selection.items, selection.scenes, strict=True):
+        canonical = canonical_item(item, dict(info.asset_keys))
+        for name in (*bands, SCL):
+            href = canonical.assets[name].href
+            with rasterio.open(href) as src:
+                exact = from_bounds(*box.boundingbox, transform=src.transform)
+                col0, row0 = math.floor(exact.col_off), math.floor(exact.row_off)
+                col1, row1 = math.ceil(exact.col_off + exact.width), math.ceil(exact.row_off + exact.height)
+                window = Window(col0, row0, col1 - col0, row1 - row0).intersection(Window(0, 0, src.width, src.height))
+            jobs.append((href, window))
+    return jobs
+
+
+def _read_plain(jobs: list[tuple[str, Window]]) -> list[np.ndarray]:
+    def read(job: tuple[str, Window]) -> np.ndarray:
+        with rasterio.open(job[0]) as src:
+            return src.read(1, window=job[1])
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(read, jobs))
+
+
+def _load_ours(selection: SceneSelection, box: GeoBox, bands: tuple[str, ...], chunk_rows: int | None) -> Any:
+    with dask.config.set(scheduler="threads", num_workers=READ_THREADS):
+        return load_selection(selection, box, bands, GdalOptions(), chunk_rows=chunk_rows).compute()
+
+
+def _timed(step: Any) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+@contextmanager
+def _counting_source_pixels() -> Iterator[list[int]]:
+    """Count the source pixels of every read odc-stac plans (its ReprojectInfo.roi_src)."""
+    counted, lock = [0], threading.Lock()
+    original = odc_rio._reproject_info_from_rio
+
+    def counting(rdr: Any, dst_geobox: GeoBox, ttol: float) -> Any:
+        info = original(rdr, dst_geobox, ttol)
+        rows, cols = info.roi_src
+        with lock:
+            counted[0] += max(0, rows.stop - rows.start) * max(0, cols.stop - cols.start)
+        return info
+
+    odc_rio._reproject_info_from_rio = counting
+    try:
+        yield counted
+    finally:
+        odc_rio._reproject_info_from_rio = original
