@@ -110,11 +110,12 @@ def encode_cube(
     times = cube.time.values.astype("datetime64[ms]").astype(np.int64)
     period_ms = torch.tensor([to_ms(period.start), to_ms(period.end)], dtype=torch.int64)
     total = np.zeros((spec.output_dim, height, width), np.float32)  # sums of at most four tapered unit vectors
-    for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows):
+    observations = np.zeros((cube.sizes["y"], cube.sizes["x"]), np.int16)  # filled as the cube is read
+    for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows, observations):
         for batch in _batches(windows, options):
             vectors = _run(model, spec, row_block, batch, times, period_ms, device, options)
             _accumulate(total, vectors, batch, spec, halo, options.overlap)
-    field = _assemble(cube, total, halo, height, width, spec)
+    field = _assemble(cube, total, observations, halo, height, width, spec)
     field.attrs.update(
         model=spec.name,
         model_weights=provenance.description,
@@ -154,13 +155,14 @@ def _inner_shape(cube: xr.Dataset, spec: ModelSpec, halo: int) -> tuple[int, int
 
 
 def _window_rows(
-    cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int, read_rows: int
+    cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int, read_rows: int, observations: np.ndarray
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], list[_Window]]]:
     """One row of windows at a time (bounded memory).
 
     The cube is read in consecutive blocks of `read_rows` rows (a lazy cube's chunk rows, see
     load_selection), each block exactly once; the rows a later window row still needs (windows
-    overlap by their context) stay in memory instead of being read again.
+    overlap by their context) stay in memory instead of being read again. `observations` (the
+    cube's rows x columns) receives each pixel's count of valid frames as its block is read.
 
     Window k's input starts at cube pixel k * stride on each axis: without overlap its core is
     the k-th core of the inner area; with overlap the cores start half a core before the area
@@ -171,9 +173,11 @@ def _window_rows(
     held: tuple[np.ndarray, np.ndarray] | None = None
     held_from, pending = 0, 0  # first cube row held; index of the next window row to yield
     for start in range(0, cube.sizes["y"], read_rows):
-        block = cube.isel(y=slice(start, start + read_rows))
+        # One compute for both variables: they share their reads (the mask needs every band).
+        block = cube[["reflectance", "valid"]].isel(y=slice(start, start + read_rows)).compute()
         reflectance = np.asarray(block.reflectance.values, dtype=np.float32)  # (T, C, rows, W)
         valid = np.asarray(block.valid.values, dtype=bool) & np.isfinite(reflectance).all(axis=1)
+        observations[start : start + block.sizes["y"]] = valid.sum(axis=0)
         if held is not None:
             reflectance, valid = (
                 np.concatenate([held[0], reflectance], axis=2),
@@ -288,16 +292,20 @@ def _taper(core: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def _assemble(cube: xr.Dataset, total: np.ndarray, halo: int, height: int, width: int, spec: ModelSpec) -> xr.Dataset:
+def _assemble(
+    cube: xr.Dataset, total: np.ndarray, counts: np.ndarray, halo: int, height: int, width: int, spec: ModelSpec
+) -> xr.Dataset:
     inner = cube.isel(y=slice(halo, halo + height), x=slice(halo, halo + width))
-    observations = inner.valid.sum("time").astype(np.int16)
+    observations = xr.DataArray(counts[halo : halo + height, halo : halo + width], dims=("y", "x"))
     norm = np.linalg.norm(total, axis=0, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         unit = (total / norm).astype(np.float32)
     unit[:, observations.values == 0] = np.nan
     unit[:, (norm[0] == 0)] = np.nan
     embedding = xr.DataArray(unit, dims=("dim", "y", "x"), coords={"dim": np.arange(spec.output_dim)})
-    out = xr.Dataset({"embedding": embedding.assign_coords(y=inner.y, x=inner.x), "observations": observations})
+    out = xr.Dataset({"embedding": embedding, "observations": observations}).assign_coords(
+        y=inner.y, x=inner.x, spatial_ref=inner.spatial_ref
+    )
     return out.drop_vars([name for name in out.coords if name not in ("dim", "y", "x", "spatial_ref")])
 
 

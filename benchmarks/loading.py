@@ -32,10 +32,9 @@ from rasterio.windows import Window, from_bounds
 from aef_pipeline import sentinel2 as s2
 from aef_pipeline.encode import EncodeOptions
 from aef_pipeline.load import GdalOptions, canonical_item, load_selection
-from aef_pipeline.model import load_spec
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.providers import SCL
-from aef_pipeline.run import READ_THREADS, RunRequest, TileTask, process_task
+from aef_pipeline.run import READ_THREADS, RunRequest, TileTask, loaded_model, prepare_store, process_task
 from aef_pipeline.search import SceneSelection
 from benchmarks.report import Figure
 
@@ -62,8 +61,9 @@ def loader_efficiency(selection: SceneSelection, load_box: GeoBox, bands: tuple[
 
 
 def read_amplification(task: TileTask, request: RunRequest, selection: SceneSelection, halo: int) -> Figure:
-    """`request.output` must hold a store template with the task's tile and period."""
-    bands, area = load_spec(request.model).bands, task.geobox()
+    spec, _, provenance = loaded_model(request.model)
+    bands, area = spec.bands, task.geobox()
+    prepare_store(request, spec, provenance, [task])
     with _counting_source_pixels() as counted:
         process_task(task, request)
     with dask.config.set(scheduler="threads", num_workers=READ_THREADS):  # the frame count, read apart

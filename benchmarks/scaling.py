@@ -1,0 +1,64 @@
+"""Figures 5 and 6: peak memory per worker for a 1-tile and a 4-tile run, and throughput with 1
+and 2 worker processes, each run on a fresh LocalCluster (so peaks belong to that run alone).
+
+Peak RSS is each worker process's ru_maxrss after the run; throughput is the pixels written over
+the run's wall time (planning, template, tasks, consolidation, STAC; not the cluster's start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from aef_pipeline.cluster import connect, dask_submitter
+from aef_pipeline.grid import BBox
+from aef_pipeline.run import RunReport, RunRequest, run
+from benchmarks.report import Figure
+
+
+def cluster_run(request: RunRequest, bbox: BBox, workers: int) -> dict[str, Any]:
+    request = dataclasses.replace(request, bbox=bbox, overwrite=True)
+    with connect(None, workers) as client:
+        client.run(warnings.simplefilter, "ignore")  # third-party deprecations in the workers' logs
+        start = time.perf_counter()
+        report: RunReport = run(request, submit=dask_submitter(client, request, progress=False))
+        seconds = time.perf_counter() - start
+        peaks: dict[str, int] = client.run(_peak_rss_bytes)
+    done = [task for task in report.tasks if task.status == "done"]
+    if len(done) != len(report.tasks):
+        raise RuntimeError(f"benchmark run did not complete: {report.summary()}")
+    pixels = sum(task.pixels for task in done)
+    return {"workers": workers, "tasks": len(done), "pixels": pixels, "seconds": seconds,
+            "px_per_s": pixels / seconds, "peak_rss_gb": sorted(p / 1e9 for p in peaks.values())}  # fmt: skip
+
+
+def memory_figure(one: dict[str, Any], four: dict[str, Any]) -> Figure:
+    ratio = max(four["peak_rss_gb"]) / max(one["peak_rss_gb"])
+    return Figure(
+        5, "memory: peak RSS per worker, 4-tile / 1-tile run", ratio, "", "<= 1.1",
+        sizes=f"{one['tasks']} vs {four['tasks']} tasks of {one['pixels'] // one['tasks']:,} px, 1 worker",
+        note=f"1 tile {max(one['peak_rss_gb']):.2f} GB, 4 tiles {max(four['peak_rss_gb']):.2f} GB",
+        details={"one_tile": one, "four_tiles": four},
+    )  # fmt: skip
+
+
+def scaling_figure(one_worker: dict[str, Any], two_workers: dict[str, Any], cores: int) -> Figure:
+    return Figure(
+        6, "scaling: throughput 2 workers / 1 worker", two_workers["px_per_s"] / one_worker["px_per_s"], "",
+        sizes=f"{one_worker['tasks']} tasks, {one_worker['pixels']:,} px, {cores} cores",
+        note=f"1 worker {one_worker['px_per_s']:,.0f} px/s, 2 workers {two_workers['px_per_s']:,.0f} px/s",
+        details={"one_worker": one_worker, "two_workers": two_workers},
+    )  # fmt: skip
+
+
+def _peak_rss_bytes() -> int:
+    """The process's own high-water mark (VmHWM). Not ru_maxrss: Linux keeps that across fork and
+    exec, so a worker would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: best available
