@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import odc.stac
 import pystac
@@ -54,12 +54,17 @@ class GdalOptions:
     multiplex: bool = True
     """HTTP/2 multiplexing: many range requests on one connection."""
     merge_consecutive_ranges: bool = True
+    block_cache_mb: int = 64
+    """GDAL_CACHEMAX, in MB."""
     extra: tuple[tuple[str, str], ...] = field(default=())
     """Further GDAL options as (name, value) pairs, e.g. (("AWS_NO_SIGN_REQUEST", "YES"),)."""
 
     def env(self) -> dict[str, Any]:
         yes_no = {True: "YES", False: "NO"}
         return {
+            # Each block is decoded once per task: a large block cache only holds memory (GDAL's
+            # default is 5 % of RAM per process), so keep it small.
+            "GDAL_CACHEMAX": self.block_cache_mb,  # rasterio wants an int here
             # Never list a COG's directory on open: one request per file instead of hundreds.
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF",
@@ -106,7 +111,9 @@ def load_selection(
     with rasterio.Env(**gdal.env()):
         for group, box, factor in ((fine, geobox, 1), (coarse, geobox.zoom_out(2), 2)):
             if group:
-                chunks = None if chunk_rows is None else {"time": 1, "y": max(1, chunk_rows // factor), "x": -1}
+                chunks: dict[str, int | Literal["auto"]] | None = (
+                    None if chunk_rows is None else {"time": 1, "y": max(1, chunk_rows // factor), "x": -1}
+                )
                 loaded = odc.stac.load(
                     items, bands=group, geobox=box, groupby="id", preserve_original_order=True,
                     resampling={"*": "bilinear", SCL: "nearest"}, chunks=chunks, fail_on_error=False,
