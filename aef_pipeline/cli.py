@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="what an embedding store holds and how complete it is")
     info.add_argument("path", type=Path)
     info.set_defaults(handler=_info)
+    verify = commands.add_parser(
+        "verify", help="check every tile-period a store records as done; exit 1 if any is wrong"
+    )
+    verify.add_argument("path", type=Path)
+    verify.set_defaults(handler=_verify)
     return parser
 
 
@@ -257,6 +262,16 @@ def _info(args: argparse.Namespace) -> int:
 
     print(describe_store(args.path))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from aef_pipeline.verify import verify_store
+
+    result = verify_store(args.path)
+    for problem in result.problems:
+        print(f"{args.path}: {problem}")
+    print(f"{result.checked} tile-periods checked, {len(result.problems)} problems")
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.errors import AefWarning
 from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
 from aef_pipeline.load import GdalOptions, load_selection, report_read_failures
+from aef_pipeline.lock import store_lock
 from aef_pipeline.model import ModelSpec, Provenance, STPEncoder, build_model, load_spec
 from aef_pipeline.plan import Period
 from aef_pipeline.preprocess import preprocess
@@ -250,13 +251,14 @@ def run(request: RunRequest, submit: Callable[[list[TileTask]], Iterator[TaskRes
     report = RunReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), _describe(request))
     spec, _, provenance = loaded_model(request.model)
     tasks = plan_tasks(request.bbox, request.periods, spec)
-    prepare_store(request, spec, provenance, tasks)
-    for result in (submit or _in_process(request))(tasks):
-        if result.status == "failed":
-            warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, stacklevel=2)
-        report.tasks.append(result)
-    finalize(request.output)
-    write_stac(request.output)
+    with store_lock(request.output):
+        prepare_store(request, spec, provenance, tasks)
+        for result in (submit or _in_process(request))(tasks):
+            if result.status == "failed":
+                warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, 2)
+            report.tasks.append(result)
+        finalize(request.output)
+        write_stac(request.output)
     report.seconds = round(time.perf_counter() - started, 2)
     report.save(request.output)
     return report

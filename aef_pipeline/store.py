@@ -16,6 +16,7 @@ data: a non-empty record says the tile is complete and how it was made (scenes, 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -133,7 +134,15 @@ def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, reco
     )
     data.to_zarr(path, group=zone, region={"time": slice(index, index + 1), "y": rows, "x": cols}, mode="r+",
                  consolidated=False)  # fmt: skip
-    _write_record(path, tile, period, index, attrs, record, window)
+    _write_record(path, tile, period, index, attrs, {**record, "sha256": shard_digest(values, observations)}, window)
+
+
+def shard_digest(embedding: np.ndarray, observations: np.ndarray) -> str:
+    """SHA-256 of a tile-period's stored values (embedding (y, x, band) then observations (y, x)),
+    kept in its record so `aef-pipeline verify` can tell a damaged shard from a good one."""
+    digest = hashlib.sha256(np.ascontiguousarray(embedding).tobytes())
+    digest.update(np.ascontiguousarray(observations.astype(np.int16)).tobytes())
+    return digest.hexdigest()
 
 
 def field_window(field: xr.Dataset, tile: TileId) -> tuple[int, int, int, int]:
