@@ -10,7 +10,6 @@ import contextlib
 import ctypes
 import gc
 import os
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from tqdm import tqdm
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.run import RunRequest, TaskResult, TileTask, loaded_model, process_task
+from aef_pipeline.run import RunRequest, TaskResult, TileTask, attempt_task, loaded_model
 
 PLUGIN_NAME = "aef-model"
 
@@ -130,17 +129,11 @@ def _submit(client: Client, task: TileTask, request: RunRequest, gpu: bool) -> o
 
 
 def safe_process_task(task: TileTask, request: RunRequest) -> TaskResult:
-    """process_task, with a failure recorded for the report instead of ending the whole run."""
+    """The task on a worker: torch on the worker's share of cores, failures recorded, not raised."""
     if _torch_threads[0]:
         torch.set_num_threads(_torch_threads[0])
     try:
-        return process_task(task, request)
-    except Exception as error:
-        last = traceback.extract_tb(error.__traceback__)[-1]
-        return TaskResult(
-            task.key, str(task.tile), task.period.label, "failed", pixels=task.pixels,
-            error=f"{type(error).__name__}: {error} (at {last.filename}:{last.lineno})",
-        )  # fmt: skip
+        return attempt_task(task, request)
     finally:
         _release_free_memory()
 

@@ -167,6 +167,30 @@ def default_url_signer() -> Callable[[str], str] | None:
     return signer
 
 
+# A URL's query string: where signed URLs carry their tokens (Planetary Computer SAS "sig=", S3
+# presigned "X-Amz-Signature="). Never written to a log, warning or report.
+_QUERY = re.compile(r"((?:https?|s3|gs|az)://[^\s?'\"]*)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's query string replaced by "?<redacted>"."""
+    return _QUERY.sub(r"\1?<redacted>", text)
+
+
+class _RedactTokens(logging.Filter):
+    """Applied to the loggers whose messages hold the URLs being read (signed ones included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+# odc-stac's read failures, and GDAL's own messages as rasterio logs them (at INFO).
+for _name in ("odc.loader._rio", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio.env"):
+    logging.getLogger(_name).addFilter(_RedactTokens())
+
 _FAILURE = re.compile(r"Ignoring read failure reading (?P<uri>\S+):\d+ \(reason: '(?P<reason>.*)'\)", re.S)
 
 

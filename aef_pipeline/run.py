@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import math
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -183,6 +184,11 @@ def process_task(task: TileTask, request: RunRequest) -> TaskResult:
         with _timer(result, "encode"):  # includes the lazy reads of the reflectance bands
             embeddings = encode_cube(cube, task.period, model, spec, options, provenance=provenance)
     result.read_failures = list(failures)
+    if result.read_failures and not int(embeddings.observations.max()):
+        raise TileUnreadableError(
+            f"nothing of tile {task.tile} {task.period.label} could be read ({len(result.read_failures)} unreadable "
+            f"assets, e.g. {result.read_failures[0]}): nothing written; rerun to retry"
+        )
     with _timer(result, "write"):
         record = {"scenes": result.scenes, "dropped": result.dropped, "read_failures": result.read_failures,
                   "model": spec.name, "model_weights": provenance.description,
@@ -240,6 +246,10 @@ class RunReport:
         return target
 
 
+class TileUnreadableError(RuntimeError):
+    """Scenes were found for a tile-period but none of their pixels could be read."""
+
+
 class TaskFailedWarning(AefWarning):
     """A tile-period failed; the others went on, and the report says why."""
 
@@ -264,10 +274,22 @@ def run(request: RunRequest, submit: Callable[[list[TileTask]], Iterator[TaskRes
     return report
 
 
+def attempt_task(task: TileTask, request: RunRequest) -> TaskResult:
+    """process_task, with a failure recorded for the report instead of ending the whole run."""
+    try:
+        return process_task(task, request)
+    except Exception as error:
+        last = traceback.extract_tb(error.__traceback__)[-1]
+        return TaskResult(
+            task.key, str(task.tile), task.period.label, "failed", pixels=task.pixels,
+            error=f"{type(error).__name__}: {error} (at {Path(last.filename).name}:{last.lineno})",
+        )  # fmt: skip
+
+
 def _in_process(request: RunRequest) -> Callable[[list[TileTask]], Iterator[TaskResult]]:
     def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
         for task in tasks:
-            yield process_task(task, request)
+            yield attempt_task(task, request)
 
     return submit
 

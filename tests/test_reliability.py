@@ -15,9 +15,11 @@ import zarr
 
 from aef_pipeline.cli import main
 from aef_pipeline.grid import BBox
+from aef_pipeline.load import ReadFailureWarning
 from aef_pipeline.lock import StoreLockedError, lock_path
+from aef_pipeline.model import load_spec
 from aef_pipeline.plan import Period
-from aef_pipeline.run import RunRequest, run
+from aef_pipeline.run import RunRequest, TaskFailedWarning, plan_tasks, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
 from aef_pipeline.verify import verify_store
@@ -45,7 +47,8 @@ def _copy(store: Path, target: Path) -> Path:
 
 def test_verify_passes_a_clean_store(clean_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = verify_store(clean_store)
-    assert result.checked == 1 and result.ok, result.problems
+    assert result.checked == 1
+    assert result.ok, result.problems
     assert main(["verify", str(clean_store)]) == 0
     assert "1 tile-periods checked, 0 problems" in capsys.readouterr().out
 
@@ -57,7 +60,9 @@ def test_verify_names_a_damaged_shard(clean_store: Path, tmp_path: Path, capsys:
     embedding[0, observed[0], observed[1], :] = -128  # one observed pixel turned to nodata
     assert main(["verify", str(store)]) == 1
     printed = capsys.readouterr().out
-    assert "33N_c026_r0266" in printed and "checksum" in printed and "observed px are nodata" in printed
+    assert "33N_c026_r0266" in printed
+    assert "checksum" in printed
+    assert "observed px are nodata" in printed
 
 
 def test_verify_names_a_record_from_another_model(clean_store: Path, tmp_path: Path) -> None:
@@ -67,7 +72,8 @@ def test_verify_names_a_record_from_another_model(clean_store: Path, tmp_path: P
     record = json.loads(str(records[where]))
     records[where] = json.dumps({**record, "model": "paper"})
     (problem,) = verify_store(store).problems
-    assert "model 'paper'" in problem and "'tiny'" in problem
+    assert "model 'paper'" in problem
+    assert "'tiny'" in problem
 
 
 def test_a_second_run_on_a_locked_store_is_refused(
@@ -91,3 +97,69 @@ def test_a_stale_lock_is_taken_over(clean_store: Path, tmp_path: Path, static_ca
     report = run(RunRequest(SMALL, PERIODS, store, static_catalog, device="cpu"))
     assert [t.status for t in report.tasks] == ["skipped"]  # resumed: the tile was already complete
     assert not lock_path(store).exists()
+
+
+def _catalog_copy(catalog: SyntheticCatalog, target: Path) -> Path:
+    """A static copy of the catalog whose files a test may damage."""
+    static = write_static_catalog(catalog)  # relative hrefs: the copy reads its own files
+    subprocess.run(["cp", "-r", str(catalog.root), str(target)], check=True)
+    return target / static.relative_to(catalog.root)
+
+
+def _cogs(root: Path, year: str, band: str = "") -> list[Path]:
+    return sorted(p for p in root.rglob(f"*_{year}*/*.tif") if not band or p.stem == band)
+
+
+def test_a_truncated_cog_is_skipped_with_a_warning_and_a_report_entry(
+    earth_search_catalog: SyntheticCatalog, tmp_path: Path
+) -> None:
+    catalog = _catalog_copy(earth_search_catalog, tmp_path / "cat")
+    broken = _cogs(tmp_path / "cat", "2022", "B04")[2]
+    broken.write_bytes(broken.read_bytes()[:5000])  # cut inside the image data
+    with pytest.warns(ReadFailureWarning, match="B04"):
+        report = run(RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", CatalogConfig(str(catalog)), device="cpu"))
+    (task,) = report.tasks
+    assert task.status == "done"
+    assert any("B04" in failure for failure in task.read_failures)
+    assert verify_store(tmp_path / "f.zarr").ok
+
+
+def test_a_tile_whose_scenes_all_fail_is_marked_failed_and_the_run_exits_non_zero(
+    earth_search_catalog: SyntheticCatalog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog = _catalog_copy(earth_search_catalog, tmp_path / "cat")
+    for cog in _cogs(tmp_path / "cat", "2022"):
+        cog.write_bytes(b"")  # every 2022 file empty: nothing of that year can be read
+    out = tmp_path / "f.zarr"
+    argv = ["run", "--stac", str(catalog), "--bbox", *map(str, (SMALL.west, SMALL.south, SMALL.east, SMALL.north)),
+            "--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1"]  # fmt: skip
+    with pytest.warns(TaskFailedWarning, match="could be read"):
+        assert main(argv) == 1
+    printed = capsys.readouterr().out
+    assert "1 tile-periods done" in printed
+    assert "1 failed" in printed
+    assert "failed 33N_c026_r0266 2022" in printed
+    assert "unreadable" in printed
+    result = verify_store(out)
+    assert result.checked == 1
+    assert result.ok
+
+
+def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
+    earth_search_catalog: SyntheticCatalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aef_pipeline.load import load_selection, report_read_failures
+    from aef_pipeline.search import open_source, search_tile
+
+    source = open_source(CatalogConfig(str(write_static_catalog(earth_search_catalog))))
+    (task,) = plan_tasks(SMALL, PERIODS, load_spec("tiny"))
+    area = task.geobox()
+    selection = search_tile(source, area, Period.year(2022), ("B04",))
+    # A remote-looking signed URL that cannot be fetched here: every read fails with it in the message.
+    signer = lambda href: "https://example.invalid/" + Path(href).name + "?se=2030&sig=SECRET-TOKEN"  # noqa: E731
+    with caplog.at_level("DEBUG"), pytest.warns(ReadFailureWarning) as warned, report_read_failures() as failures:
+        load_selection(selection, area, ("B04",), chunk_rows=None, sign_url=signer)
+    assert failures
+    assert all("?<redacted>" in failure for failure in failures)
+    for text in [*failures, caplog.text, *(str(w.message) for w in warned)]:
+        assert "SECRET" not in text
