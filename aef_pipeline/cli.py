@@ -19,6 +19,7 @@ from aef_pipeline.errors import UserInputError
 from aef_pipeline.plan import parse_periods, parse_years
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # Throughputs for `plan`'s time estimate: what the 2-core build machine achieved with `paper`
 # (docs/performance.md), and 40 % of an H100's bf16 dense peak (the encoder's target).
 CPU_FLOPS = 8e10
@@ -213,11 +214,26 @@ def _run(args: argparse.Namespace) -> int:
 
     request = _request(args)
     load_spec(request.model)  # an unknown model is a one-line error before anything starts
-    with connect(args.scheduler, args.workers) as client:
-        report = run(request, submit=dask_submitter(client, request))
+    try:
+        with connect(args.scheduler, args.workers) as client:
+            report = run(request, submit=dask_submitter(client, request))
+    except KeyboardInterrupt:
+        print(f"aef-pipeline: interrupted: {_progress(request)} in {request.output}; rerun the same command to "
+              "resume (finished tile-periods are kept and skipped)", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     print(report.summary())
     print(f"wrote {request.output} ({', '.join(p.label for p in request.periods)})")
     return 1 if any(task.status == "failed" for task in report.tasks) else 0
+
+
+def _progress(request: Any) -> str:
+    from aef_pipeline.model import load_spec
+    from aef_pipeline.run import plan_tasks
+    from aef_pipeline.store import finished
+
+    tasks = plan_tasks(request.bbox, request.periods, load_spec(request.model))
+    done = sum(finished(request.output, task.tile, task.period, task.window) for task in tasks)
+    return f"{done} of {len(tasks)} tile-periods complete"
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from aef_pipeline.verify import verify_store
 
 SMALL = BBox(15.062, 46.197, 15.068, 46.203)  # one tile, a few windows
 PERIODS = (Period.year(2022),)
+SMALL_ARGS = [str(v) for v in (SMALL.west, SMALL.south, SMALL.east, SMALL.north)]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_a_tile_whose_scenes_all_fail_is_marked_failed_and_the_run_exits_non_zer
     for cog in _cogs(tmp_path / "cat", "2022"):
         cog.write_bytes(b"")  # every 2022 file empty: nothing of that year can be read
     out = tmp_path / "f.zarr"
-    argv = ["run", "--stac", str(catalog), "--bbox", *map(str, (SMALL.west, SMALL.south, SMALL.east, SMALL.north)),
+    argv = ["run", "--stac", str(catalog), "--bbox", *SMALL_ARGS,
             "--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1"]  # fmt: skip
     with pytest.warns(TaskFailedWarning, match="could be read"):
         assert main(argv) == 1
@@ -163,3 +165,31 @@ def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
     assert all("?<redacted>" in failure for failure in failures)
     for text in [*failures, caplog.text, *(str(w.message) for w in warned)]:
         assert "SECRET" not in text
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
+    static_catalog: CatalogConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import aef_pipeline.cluster
+    from aef_pipeline.run import TaskResult, TileTask, attempt_task
+
+    def interrupted_after_one(client: object, request: RunRequest, **_: object) -> object:
+        def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
+            yield attempt_task(tasks[0], request)
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread while tasks run
+
+        return submit
+
+    out = tmp_path / "f.zarr"
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS,
+            "--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1"]  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(aef_pipeline.cluster, "dask_submitter", interrupted_after_one)
+        assert main(argv) == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "interrupted: 1 of 2 tile-periods complete" in message
+    assert "rerun the same command to resume" in message
+    assert not lock_path(out).exists()
+    assert main(argv) == 0
+    assert "1 tile-periods done, 0 without scenes, 1 already complete" in capsys.readouterr().out
+    assert verify_store(out).checked == 2
