@@ -193,3 +193,72 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
     assert main(argv) == 0
     assert "1 tile-periods done, 0 without scenes, 1 already complete" in capsys.readouterr().out
     assert verify_store(out).checked == 2
+
+
+def _same_arrays(one: Path, two: Path) -> None:
+    for name in ("embedding", "observations"):
+        a = np.asarray(zarr.open_array(str(one / "33N" / name), mode="r")[:])
+        b = np.asarray(zarr.open_array(str(two / "33N" / name), mode="r")[:])
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_worker_killed_mid_task_changes_nothing(
+    clean_store: Path, tmp_path: Path, static_catalog: CatalogConfig
+) -> None:
+    import signal
+    import threading
+    import time
+
+    from aef_pipeline.cluster import connect, dask_submitter
+
+    request = RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", static_catalog, device="cpu")
+    killed: list[int] = []
+    with connect(None, 2) as client:
+        pids: dict[str, int] = client.run(os.getpid)
+
+        def kill_the_busy_worker() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                busy = [address for address, keys in client.processing().items() if keys]
+                if busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(pids[busy[0]])
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_the_busy_worker)
+        killer.start()
+        report = run(request, submit=dask_submitter(client, request, progress=False))
+        killer.join()
+    assert killed
+    assert [task.status for task in report.tasks] == ["done"]
+    _same_arrays(clean_store, request.output)
+    assert verify_store(request.output).ok
+
+
+def test_a_run_killed_mid_way_is_finished_by_rerunning_it(tmp_path: Path, static_catalog: CatalogConfig) -> None:
+    import signal
+    import time
+
+    from aef_pipeline.store import finished
+
+    both = (Period.year(2021), Period.year(2022))
+    clean = tmp_path / "clean.zarr"
+    run(RunRequest(SMALL, both, clean, static_catalog, device="cpu"))
+    out = tmp_path / "f.zarr"
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--years", "2021-2022", "--out", str(out),
+            "--device", "cpu", "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "aef_pipeline.cli", *argv], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    (task_2021,) = plan_tasks(SMALL, both[:1], load_spec("tiny"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.exists() and any(finished(out, task_2021.tile, period) for period in both):
+            break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the machine dies: client, scheduler and workers at once
+    assert process.wait() == -signal.SIGKILL
+    assert lock_path(out).exists()  # left behind, stale: its process is gone
+    report = run(RunRequest(SMALL, both, out, static_catalog, device="cpu"))
+    assert sorted(task.status for task in report.tasks) == ["done", "skipped"]
+    _same_arrays(clean, out)
+    assert verify_store(out).checked == 2
