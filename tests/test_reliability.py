@@ -262,3 +262,31 @@ def test_a_run_killed_mid_way_is_finished_by_rerunning_it(tmp_path: Path, static
     assert sorted(task.status for task in report.tasks) == ["done", "skipped"]
     _same_arrays(clean, out)
     assert verify_store(out).checked == 2
+
+
+def test_a_flaky_stac_api_is_retried_and_the_field_is_unchanged(stac_api: str, tmp_path: Path) -> None:
+    from aef_pipeline.testing.proxy import flaky_proxy
+
+    direct = RunRequest(SMALL, PERIODS, tmp_path / "direct.zarr", CatalogConfig(stac_api), device="cpu")
+    run(direct)
+    faults = ("ok", "503", "ok", "drop", "500", "ok", "slow")  # more than half the requests go wrong
+    with flaky_proxy(stac_api, faults, slow_s=1.5) as url:
+        config = CatalogConfig(url, timeout_s=0.5, retries=6, backoff_s=0.05)
+        report = run(RunRequest(SMALL, PERIODS, tmp_path / "flaky.zarr", config, device="cpu"))
+    assert [task.status for task in report.tasks] == ["done"]
+    _same_arrays(direct.output, tmp_path / "flaky.zarr")
+
+
+def test_a_stac_api_that_keeps_failing_fails_the_tile_with_its_url(stac_api: str, tmp_path: Path) -> None:
+    from aef_pipeline.search import open_source
+    from aef_pipeline.testing.proxy import flaky_proxy
+
+    with flaky_proxy(stac_api, ("ok",) * 4 + ("503",) * 1000) as url:  # opens, then fails every search
+        config = CatalogConfig(url, timeout_s=2, retries=2, backoff_s=0.01)
+        open_source(config)
+        with pytest.warns(TaskFailedWarning, match=url):
+            report = run(RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", config, device="cpu"))
+    (task,) = report.tasks
+    assert task.status == "failed"
+    assert task.tile in task.error or task.tile in report.summary()
+    assert verify_store(tmp_path / "f.zarr").checked == 0  # no record without its data
