@@ -219,7 +219,7 @@ def test_a_worker_killed_mid_task_changes_nothing(
         def kill_the_busy_worker() -> None:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not killed:
-                busy = [address for address, keys in client.processing().items() if keys]
+                busy = [address for address, keys in client.processing().items() if keys]  # type: ignore[no-untyped-call]
                 if busy:
                     os.kill(pids[busy[0]], signal.SIGKILL)
                     killed.append(pids[busy[0]])
