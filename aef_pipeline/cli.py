@@ -209,11 +209,13 @@ def _demo_stac() -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from aef_pipeline.cluster import connect, dask_submitter
+    from aef_pipeline.encode import check_device_name
     from aef_pipeline.model import load_spec
     from aef_pipeline.run import run
 
     request = _request(args)
     load_spec(request.model)  # an unknown model is a one-line error before anything starts
+    check_device_name(request.device)
     try:
         with connect(args.scheduler, args.workers) as client:
             report = run(request, submit=dask_submitter(client, request))

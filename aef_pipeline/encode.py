@@ -71,6 +71,13 @@ def required_halo(spec: ModelSpec, overlap: bool) -> int:
     return spec.context + (spec.core // 2 if overlap else 0)
 
 
+def check_device_name(name: str) -> None:
+    """Refuse a device name no machine could have, before a run starts (whether CUDA exists is
+    decided where the encoder runs: the workers may have GPUs the client lacks)."""
+    if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UserInputError(f"device {name!r} is not understood: use auto, cpu, cuda or cuda:N")
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device for `name`; a missing GPU is an error unless "auto" was asked for."""
     if name == "auto":

@@ -95,12 +95,19 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in MODELS_DIR.glob("*.toml")))
         raise UserInputError(f"model spec {name_or_path!r} not found ({path}); known specs: {known}")
-    with path.open("rb") as handle:
-        raw = tomllib.load(handle)
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise UserInputError(f"model spec {path} is not valid TOML ({error}): see models/tiny.toml") from None
     try:
         return _from_toml(raw, path)
     except KeyError as missing:
         raise UserInputError(f"model spec {path} lacks the field {missing}: see models/tiny.toml") from None
+    except (TypeError, ValueError) as error:
+        raise UserInputError(
+            f"model spec {path} has a value of the wrong kind ({error}): see models/tiny.toml"
+        ) from None
 
 
 def _from_toml(raw: dict[str, Any], path: Path) -> ModelSpec:
