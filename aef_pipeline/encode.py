@@ -85,12 +85,10 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         warnings.warn("no CUDA device found: encoding on the CPU (slow for large areas)", DeviceFallbackWarning, 2)
         return torch.device("cpu")
+    check_device_name(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"device {name!r} requested but CUDA is not available: use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserInputError(f"device {name!r} is not understood: use auto, cpu, cuda or cuda:N") from None
+    return torch.device(name)
 
 
 def encode_cube(
@@ -192,10 +190,11 @@ def _window_rows(
             )
         held_to = start + block.sizes["y"]
         while pending < len(tops) and tops[pending] + spec.window <= held_to:
-            top = tops[pending] - held_from
+            rows = slice(tops[pending] - held_from, tops[pending] - held_from + spec.window)
+            row_valid = valid[:, rows]
             yield (
-                (reflectance[:, :, top : top + spec.window], valid[:, top : top + spec.window]),
-                _row_windows(tops[pending], valid[:, top : top + spec.window], spec, stride, width, extra),
+                (reflectance[:, :, rows], row_valid),
+                _row_windows(tops[pending], row_valid, spec, stride, width, extra),
             )
             pending += 1
         keep = (tops[pending] if pending < len(tops) else held_to) - held_from

@@ -1,6 +1,6 @@
 """Encoder throughput, FLOPs per pixel and seams, on the synthetic test bed's site.
 
-    python benchmarks/encoder.py --spec tiny [--year 2022] [--cores 12] [--device auto]
+    python -m benchmarks.encoder --spec tiny [--year 2022] [--cores 12] [--device auto]
 
 Loads the site (a square of `cores` x `cores` window cores on the global grid, with the halo each
 setting needs), encodes it without and with overlap, and prints for each: wall time, pixels/s,
@@ -21,13 +21,12 @@ from odc.geo.geobox import GeoBox
 
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo, resolve_device, seam_ratio
 from aef_pipeline.grid import BBox, tiles_for_bbox
-from aef_pipeline.load import load_selection
 from aef_pipeline.model import ModelSpec, Provenance, STPEncoder, build_model, load_spec, parameter_count
 from aef_pipeline.model.flops import flops_per_window
 from aef_pipeline.plan import Period
-from aef_pipeline.preprocess import preprocess
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
 from aef_pipeline.testing import DEFAULT_SITE, SyntheticCatalog, build_catalog, serve_catalogs
+from benchmarks.pipeline import task_cube
 
 
 def main() -> None:
@@ -64,8 +63,7 @@ def _site_cube(
     row = int((tile.geobox.affine.f - scene.window_origin[1]) // 10) // spec.core * spec.core + spec.core
     area = tile.geobox[row : row + cores * spec.core, col : col + cores * spec.core]
     selection = search_tile(open_source(CatalogConfig(url)), area.pad(halo), Period.year(year), spec.bands)
-    loaded = load_selection(selection, area.pad(halo), spec.bands, chunk_rows=None)
-    return preprocess(loaded, selection.scenes, spec.bands, core=area), area
+    return task_cube(selection, area, halo, spec.bands), area
 
 
 def _report(
