@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from aef_pipeline import __version__
-from aef_pipeline.errors import UserInputError
+from aef_pipeline.errors import StorageFullError, UserInputError
 from aef_pipeline.plan import parse_periods, parse_years
 
+EXIT_FAILED = 1  # some tile-periods failed, or the disk filled up: rerun to finish
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # Throughputs for `plan`'s time estimate: what the 2-core build machine achieved with `paper`
@@ -223,19 +224,20 @@ def _run(args: argparse.Namespace) -> int:
         print(f"aef-pipeline: interrupted: {_progress(request)} in {request.output}; rerun the same command to "
               "resume (finished tile-periods are kept and skipped)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
+    except StorageFullError as error:
+        print(f"aef-pipeline: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     print(report.summary())
     print(f"wrote {request.output} ({', '.join(p.label for p in request.periods)})")
-    return 1 if any(task.status == "failed" for task in report.tasks) else 0
+    return EXIT_FAILED if any(task.status == "failed" for task in report.tasks) else 0
 
 
 def _progress(request: Any) -> str:
     from aef_pipeline.model import load_spec
-    from aef_pipeline.run import plan_tasks
-    from aef_pipeline.store import finished
+    from aef_pipeline.run import completed, plan_tasks
 
     tasks = plan_tasks(request.bbox, request.periods, load_spec(request.model))
-    done = sum(finished(request.output, task.tile, task.period, task.window) for task in tasks)
-    return f"{done} of {len(tasks)} tile-periods complete"
+    return f"{completed(request.output, tasks)} of {len(tasks)} tile-periods complete"
 
 
 def _plan(args: argparse.Namespace) -> int:

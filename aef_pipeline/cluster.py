@@ -11,18 +11,18 @@ import ctypes
 import gc
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import dask
 import torch
-from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 from tqdm import tqdm
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.run import RunRequest, TaskResult, TileTask, attempt_task, loaded_model
+from aef_pipeline.run import RunRequest, Submit, TaskResult, TileTask, attempt_task, loaded_model
 
 PLUGIN_NAME = "aef-model"
 
@@ -94,36 +94,42 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0) -> Ite
 
 def dask_submitter(
     client: Client, request: RunRequest, max_in_flight: int | None = None, progress: bool = True
-) -> Callable[[list[TileTask]], Iterator[TaskResult]]:
+) -> Submit:
     """Submit one future per task with an explicit key, at most `max_in_flight` at a time (default:
-    two per worker), and yield results as they complete, with a progress bar in pixels."""
+    two per worker), and yield results as they complete, with a progress bar in pixels. Closing
+    the generator early (the run stopped) cancels the tasks still queued or running."""
     workers = client.scheduler_info().get("workers", {})
     hosts = Counter(urlsplit(address).hostname or "" for address in workers)
     client.register_plugin(ModelPlugin(request.model, dict(hosts)))
     limit = max_in_flight or 2 * max(1, len(workers))
     gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
 
-    def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
+    def submit(tasks: list[TileTask]) -> Generator[TaskResult, None, None]:
         pending = list(reversed(tasks))
         bar = tqdm(total=sum(t.pixels for t in tasks), unit="px", unit_scale=True, disable=not progress,
                    desc="embedding")  # fmt: skip
         if progress and client.dashboard_link:
             bar.write(f"dask dashboard: {client.dashboard_link}")
-        running = as_completed()
-        for _ in range(min(limit, len(pending))):
-            running.add(_submit(client, pending.pop(), request, gpu))
-        for future in running:
-            result: TaskResult = future.result()
-            bar.update(result.pixels)
-            if pending:
-                running.add(_submit(client, pending.pop(), request, gpu))
-            yield result
-        bar.close()
+        in_flight = {_submit(client, pending.pop(), request, gpu) for _ in range(min(limit, len(pending)))}
+        running = as_completed(in_flight)
+        try:
+            for future in running:
+                in_flight.discard(future)
+                result: TaskResult = future.result()
+                bar.update(result.pixels)
+                if pending:
+                    following = _submit(client, pending.pop(), request, gpu)
+                    in_flight.add(following)
+                    running.add(following)
+                yield result
+        finally:
+            client.cancel(list(in_flight))
+            bar.close()
 
     return submit
 
 
-def _submit(client: Client, task: TileTask, request: RunRequest, gpu: bool) -> object:
+def _submit(client: Client, task: TileTask, request: RunRequest, gpu: bool) -> Future[TaskResult]:
     resources = {"GPU": 1} if gpu else None
     return client.submit(safe_process_task, task, request, key=task.key, pure=False, resources=resources)
 

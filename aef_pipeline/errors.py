@@ -13,3 +13,9 @@ class UserInputError(AefError):
 class AefWarning(UserWarning):
     """Base of the typed warnings for degraded but usable data; each is also recorded in the run
     report. Silence or escalate them with the standard `warnings` filters."""
+
+
+class StorageFullError(AefError):
+    """The output's disk or quota filled up during a run. Every tile-period the store records is
+    complete; the command line prints one line and exits with status 1, and rerunning the same
+    command once there is space finishes the rest."""

@@ -10,13 +10,14 @@ worker; the client writes the template first and the run report last.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +30,7 @@ from odc.geo.geom import box
 from aef_pipeline import __version__
 from aef_pipeline.catalog import write_stac
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
-from aef_pipeline.errors import AefWarning
+from aef_pipeline.errors import AefWarning, StorageFullError
 from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
 from aef_pipeline.load import GdalOptions, load_selection, report_read_failures
 from aef_pipeline.lock import store_lock
@@ -42,6 +43,8 @@ from aef_pipeline.store import StoreLayout, create_store, finalize, finished, wr
 # Reading inside a task: a few threads of GDAL range requests; the lazy cube's chunks are row
 # blocks of the task's full width, the blocks the encoder reads (each chunk is read once).
 READ_THREADS = 4
+# A full disk or an exhausted quota: the run cannot go on until someone frees space.
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 Window = tuple[int, int, int, int]
 """(row0, row1, col0, col1) pixels within a tile."""
@@ -104,6 +107,8 @@ class TaskResult:
     read_failures: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    out_of_space: bool = False
+    """The failure was a full disk or quota: every later write would fail too, so the run stops."""
 
 
 def plan_tasks(bbox: BBox, periods: tuple[Period, ...], spec: ModelSpec) -> list[TileTask]:
@@ -242,7 +247,12 @@ class RunReport:
     def save(self, path: Path) -> Path:
         target = path.with_name(path.stem + ".runs") / f"run-{self.started.replace(':', '')}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(asdict(self), indent=1, default=str))
+        partial = target.with_suffix(".partial")  # a full disk must not leave half a report behind
+        try:
+            partial.write_text(json.dumps(asdict(self), indent=1, default=str))
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
         return target
 
 
@@ -254,24 +264,67 @@ class TaskFailedWarning(AefWarning):
     """A tile-period failed; the others went on, and the report says why."""
 
 
-def run(request: RunRequest, submit: Callable[[list[TileTask]], Iterator[TaskResult]] | None = None) -> RunReport:
+Submit = Callable[[list[TileTask]], Generator[TaskResult, None, None]]
+"""Runs tasks somewhere and yields their results as they finish (default: in this process)."""
+
+
+def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
     """Plan, write the template, run every task (through `submit`, default: in this process),
-    record the report. `submit` is how a cluster plugs in (flows/ and the CLI use dask)."""
+    record the report. `submit` is how a cluster plugs in (flows/ and the CLI use dask).
+
+    A full disk stops the run with StorageFullError: every tile-period recorded so far is complete
+    (records are written after their data, and zarr replaces chunk files atomically), the rest are
+    redone by rerunning the same command once there is space."""
     started = time.perf_counter()
     report = RunReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), _describe(request))
     spec, _, provenance = loaded_model(request.model)
     tasks = plan_tasks(request.bbox, request.periods, spec)
     with store_lock(request.output):
-        prepare_store(request, spec, provenance, tasks)
-        for result in (submit or _in_process(request))(tasks):
-            if result.status == "failed":
-                warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, 2)
-            report.tasks.append(result)
-        finalize(request.output)
-        write_stac(request.output)
+        try:
+            prepare_store(request, spec, provenance, tasks)
+            _collect((submit or _in_process(request))(tasks), report)
+            finalize(request.output)
+            write_stac(request.output)
+        except (OSError, StorageFullError) as error:
+            if not out_of_space(error):
+                raise
+            with suppress(OSError):  # on a full disk the report may not fit either
+                report.save(request.output)
+            raise StorageFullError(
+                f"no space left on the device of {request.output} ({completed(request.output, tasks)} of "
+                f"{len(tasks)} tile-periods complete and recorded; the write that failed left no record): "
+                "free some space or move the store, then rerun the same command to resume"
+            ) from error
     report.seconds = round(time.perf_counter() - started, 2)
     report.save(request.output)
     return report
+
+
+def _collect(results: Generator[TaskResult, None, None], report: RunReport) -> None:
+    """Add each result to the report as it arrives; stop at the first full disk (and close the
+    submitter, which cancels what is still queued)."""
+    with closing(results):
+        for result in results:
+            report.tasks.append(result)
+            if result.out_of_space:
+                raise StorageFullError(result.error)
+            if result.status == "failed":
+                warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, 2)
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error`, or an error that led to it, is a full disk or quota."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, StorageFullError) or (isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def completed(output: Path, tasks: list[TileTask]) -> int:
+    """How many of `tasks` the store records as complete."""
+    return sum(finished(output, task.tile, task.period, task.window) for task in tasks)
 
 
 def attempt_task(task: TileTask, request: RunRequest) -> TaskResult:
@@ -283,11 +336,12 @@ def attempt_task(task: TileTask, request: RunRequest) -> TaskResult:
         return TaskResult(
             task.key, str(task.tile), task.period.label, "failed", pixels=task.pixels,
             error=f"{type(error).__name__}: {error} (at {Path(last.filename).name}:{last.lineno})",
+            out_of_space=out_of_space(error),
         )  # fmt: skip
 
 
-def _in_process(request: RunRequest) -> Callable[[list[TileTask]], Iterator[TaskResult]]:
-    def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
+def _in_process(request: RunRequest) -> Submit:
+    def submit(tasks: list[TileTask]) -> Generator[TaskResult, None, None]:
         for task in tasks:
             yield attempt_task(task, request)
 

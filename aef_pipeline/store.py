@@ -88,6 +88,7 @@ def create_store(
     if overwrite and path.exists():
         shutil.rmtree(path)
     _check_writable(path)
+    _unconsolidate(path)
     for zone, zone_tiles in _by_zone(tiles).items():
         existing = _zone_attrs(path, zone)
         if existing is None:
@@ -268,7 +269,17 @@ def describe_store(path: Path) -> str:
             f"{', '.join(str(t)[:10] for t in ds.time.values)}, {ds.attrs['aef:storage']}, model "
             f"{ds.attrs['aef:model']} ({ds.attrs['aef:model_weights']}); tile-periods written {done}/{total}"
         )
+    if not _consolidated(path):
+        lines.append("  not finalised: a run is writing this store or stopped early (rerun it to finish)")
     return "\n".join(lines)
+
+
+def _unconsolidate(path: Path) -> None:
+    """Drop the consolidated metadata before a run changes the store: `finalize` writes it again
+    at the end, so a store whose run stopped early does not show readers a stale snapshot (new
+    periods or zones missing) and is visibly unfinished."""
+    if _consolidated(path):
+        zarr.open_group(str(path), mode="r+", use_consolidated=False).update_attributes({})
 
 
 def _consolidated(path: Path) -> bool:

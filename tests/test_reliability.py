@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from aef_pipeline.verify import verify_store
 
 SMALL = BBox(15.062, 46.197, 15.068, 46.203)  # one tile, a few windows
 PERIODS = (Period.year(2022),)
+BOTH_YEARS = (Period.year(2021), Period.year(2022))
 SMALL_ARGS = [str(v) for v in (SMALL.west, SMALL.south, SMALL.east, SMALL.north)]
 
 
@@ -235,15 +238,22 @@ def test_a_worker_killed_mid_task_changes_nothing(
     assert verify_store(request.output).ok
 
 
-def test_a_run_killed_mid_way_is_finished_by_rerunning_it(tmp_path: Path, static_catalog: CatalogConfig) -> None:
+@pytest.fixture(scope="module")
+def clean_two_years(tmp_path_factory: pytest.TempPathFactory, static_catalog: CatalogConfig) -> Path:
+    out = tmp_path_factory.mktemp("clean2") / "field.zarr"
+    run(RunRequest(SMALL, BOTH_YEARS, out, static_catalog, device="cpu"))
+    return out
+
+
+def test_a_run_killed_mid_way_is_finished_by_rerunning_it(
+    tmp_path: Path, static_catalog: CatalogConfig, clean_two_years: Path
+) -> None:
     import signal
     import time
 
     from aef_pipeline.store import finished
 
-    both = (Period.year(2021), Period.year(2022))
-    clean = tmp_path / "clean.zarr"
-    run(RunRequest(SMALL, both, clean, static_catalog, device="cpu"))
+    both = BOTH_YEARS
     out = tmp_path / "f.zarr"
     argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--years", "2021-2022", "--out", str(out),
             "--device", "cpu", "--workers", "1"]  # fmt: skip
@@ -260,7 +270,7 @@ def test_a_run_killed_mid_way_is_finished_by_rerunning_it(tmp_path: Path, static
     assert lock_path(out).exists()  # left behind, stale: its process is gone
     report = run(RunRequest(SMALL, both, out, static_catalog, device="cpu"))
     assert sorted(task.status for task in report.tasks) == ["done", "skipped"]
-    _same_arrays(clean, out)
+    _same_arrays(clean_two_years, out)
     assert verify_store(out).checked == 2
 
 
@@ -290,3 +300,102 @@ def test_a_stac_api_that_keeps_failing_fails_the_tile_with_its_url(stac_api: str
     assert task.status == "failed"
     assert task.tile in task.error or task.tile in report.summary()
     assert verify_store(tmp_path / "f.zarr").checked == 0  # no record without its data
+
+
+# --- full disks ----------------------------------------------------------------------------------
+
+
+def _disk_full_at(monkeypatch: pytest.MonkeyPatch, store: Path, key_part: str) -> list[str]:
+    """From now on, zarr's writes of keys under `store` containing `key_part` run out of space
+    halfway through, as on a full disk: inside zarr's own atomic write, so its clean-up runs."""
+    import errno
+
+    import zarr.storage._local as local
+
+    real_put, refused = local._put, []
+
+    def put(path: Path, value: Any, exclusive: bool = False) -> int:
+        key = path.relative_to(store).as_posix() if path.is_relative_to(store) else ""
+        if key_part not in key:
+            return real_put(path, value, exclusive)
+        refused.append(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = value.as_buffer_like()
+        with local._atomic_write(path, "wb", exclusive=exclusive) as handle:
+            handle.write(memoryview(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(local, "_put", put)
+    return refused
+
+
+@pytest.mark.parametrize("filled_at", ["embedding/c/1/", "tile_record/c/1/"])  # its data, or its record
+def test_a_disk_filling_up_stops_the_run_and_records_stay_truthful(
+    filled_at: str, tmp_path: Path, static_catalog: CatalogConfig, clean_two_years: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from aef_pipeline.errors import StorageFullError
+    from aef_pipeline.store import describe_store
+
+    request = RunRequest(SMALL, BOTH_YEARS, tmp_path / "f.zarr", static_catalog, device="cpu")
+    with monkeypatch.context() as patch:
+        refused = _disk_full_at(patch, request.output, filled_at)  # 2022 (time index 1) no longer fits
+        with pytest.raises(StorageFullError, match=r"no space left .* \(1 of 2 tile-periods complete and recorded"):
+            run(request)
+    assert refused
+    assert not lock_path(request.output).exists()
+    assert not list(request.output.rglob("*.partial"))
+    result = verify_store(request.output)
+    assert result.checked == 1  # 2021 only: 2022's data (or its record) did not fit
+    assert result.ok, result.problems
+    assert "not finalised" in describe_store(request.output)
+    report = run(request)  # space freed: the same request finishes the job
+    assert [task.status for task in report.tasks] == ["skipped", "done"]
+    assert verify_store(request.output).checked == 2
+    assert "not finalised" not in describe_store(request.output)
+    _same_arrays(clean_two_years, request.output)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB file system (tmpfs) to fill up. Mounting needs root; skipped where it is refused
+    (the simulated full disk above covers the same paths in-process)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command: cannot make a small file system here")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_real_full_disk_fails_the_cli_with_one_line_and_a_rerun_finishes(
+    small_disk: Path, static_catalog: CatalogConfig, clean_two_years: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = small_disk / "f.zarr"
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--out", str(out),
+            "--device", "cpu", "--workers", "1", "--years"]  # fmt: skip
+    assert main([*argv, "2021"]) == 0
+    # Fill the disk, leaving room for the template's new period but not for 2022's shard (~290 kB).
+    ballast = small_disk / "ballast"
+    stats = os.statvfs(small_disk)
+    ballast.write_bytes(bytes(stats.f_bavail * stats.f_frsize - 160 * 1024))
+    capsys.readouterr()
+    assert main([*argv, "2021-2022"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("aef-pipeline: error: no space left on the device of")
+    assert "1 of 2 tile-periods complete and recorded" in line
+    assert "rerun the same command" in line
+    assert not lock_path(out).exists()
+    assert not list(out.rglob("*.partial"))
+    result = verify_store(out)
+    assert result.checked == 1
+    assert result.ok, result.problems
+    ballast.unlink()
+    assert main([*argv, "2021-2022"]) == 0
+    assert verify_store(out).checked == 2
+    _same_arrays(clean_two_years, out)
