@@ -24,6 +24,7 @@ ZARR_MEDIA_TYPE = "application/vnd+zarr"
 
 def write_stac(store: Path) -> Path:
     """(Re)write the store's STAC catalog from the store itself; returns catalog.json's path."""
+    store = store.absolute()  # pystac places a relative root beside the working directory, not in it
     items = [item for zone in zones_in(store) for item in _zone_items(store, zone)]
     starts = [item.common_metadata.start_datetime for item in items]
     ends = [item.common_metadata.end_datetime for item in items]

@@ -183,3 +183,13 @@ def test_stac_catalog_describes_the_store(tmp_path: Path) -> None:
     import aef_pipeline
 
     assert aef_pipeline.open_embeddings(path).sizes["time"] == 2
+
+
+def test_stac_catalog_of_a_relative_store_path_stays_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    create_store(Path("field.zarr"), TILES, [Period.year(2022)], LAYOUT)
+    finalize(Path("field.zarr"))
+    write_stac(Path("field.zarr"))
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["field.stac", "field.zarr"]
+    assert (tmp_path / "work" / "field.stac" / "collection.json").is_file()
