@@ -3,13 +3,29 @@ leaves nothing behind (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import pytest
+import torch
 
 from aef_pipeline.cli import main
 
+TINY_SPEC = Path(__file__).resolve().parents[1] / "models" / "tiny.toml"
 BBOX = ["--bbox", "15.062", "46.197", "15.068", "46.203"]
+
+
+def spec_with_weights(folder: Path, file: str, content: bytes | None, sha256: str | None = None) -> Path:
+    """models/tiny.toml with a checkpoint `file` (written with `content`) and its sha256 (by default
+    the content's own) in `folder`."""
+    if content is not None:
+        (folder / file).write_bytes(content)
+    digest = sha256 or hashlib.sha256(content or b"").hexdigest()
+    text = TINY_SPEC.read_text().replace('file = ""\nsha256 = ""', f'file = "{file}"\nsha256 = "{digest}"')
+    spec = folder / f"tiny-{file.replace('.', '-')}.toml"
+    spec.write_text(text)
+    return spec
 
 
 def _cases(tmp: Path, catalog: str) -> dict[str, tuple[list[str], str]]:
@@ -30,6 +46,11 @@ def _cases(tmp: Path, catalog: str) -> dict[str, tuple[list[str], str]]:
     full_dir = tmp / "full"
     full_dir.mkdir()
     (full_dir / "x").write_text("x")
+    pickled = io.BytesIO()
+    torch.save({"blocks.0.weight": torch.zeros(2)}, pickled)  # a pickle, whatever its name says
+    pt_spec = spec_with_weights(tmp, "tiny.pt", pickled.getvalue())
+    disguised_spec = spec_with_weights(tmp, "tiny.safetensors", pickled.getvalue())
+    wrong_hash_spec = spec_with_weights(tmp, "other.safetensors", b"{}", sha256="0" * 64)
     run = ["run", "--stac", catalog, "--device", "cpu", "--workers", "1"]
     area = [*BBOX, "--years", "2022", "--out", "OUT"]
     return {
@@ -49,6 +70,10 @@ def _cases(tmp: Path, catalog: str) -> dict[str, tuple[list[str], str]]:
         "unknown model": ([*run, *area, "--model", "huge"], "tiny"),
         "model file missing": ([*run, *area, "--model", str(tmp / "missing.toml")], "missing.toml"),
         "model file not TOML": ([*run, *area, "--model", str(bad_spec)], "bad-spec.toml"),
+        "model weights a pickle file": ([*run, *area, "--model", str(pt_spec)], "never pickle"),
+        "model weights pickle named .safetensors": ([*run, *area, "--model", str(disguised_spec)],
+                                                    "not a safetensors file"),
+        "model weights with another hash": ([*run, *area, "--model", str(wrong_hash_spec)], "sha256"),
         "unknown storage": ([*run, *area, "--storage", "int4"], "int4"),
         "unknown device": ([*run, *area, "--device", "tpu"], "tpu"),
         "unknown flag": ([*run, *area, "--colour", "blue"], "--colour"),
@@ -74,7 +99,8 @@ def _cases(tmp: Path, catalog: str) -> dict[str, tuple[list[str], str]]:
 CASES = [
     "no bbox", "bbox of three numbers", "bbox south above north", "bbox latitude 95", "bbox not numbers", "no output",
     "year before 2017", "year after 2024", "years inverted", "years not a year", "period malformed",
-    "period ends first", "unknown model", "model file missing", "model file not TOML", "unknown storage",
+    "period ends first", "unknown model", "model file missing", "model file not TOML", "model weights a pickle file",
+    "model weights pickle named .safetensors", "model weights with another hash", "unknown storage",
     "unknown device", "unknown flag", "abbreviated flag", "config file missing", "config not TOML",
     "config unknown key", "config wrong type", "output is a file", "output holds other files", "output unwritable",
     "scheduler unreachable", "catalog unreachable (plan)", "unknown collection (plan)",

@@ -399,3 +399,76 @@ def test_a_real_full_disk_fails_the_cli_with_one_line_and_a_rerun_finishes(
     assert main([*argv, "2021-2022"]) == 0
     assert verify_store(out).checked == 2
     _same_arrays(clean_two_years, out)
+
+
+# --- security ------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates a file: proof of code run by loading a checkpoint."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (str(self.sentinel), "w")
+
+
+def test_a_pickle_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
+    import torch
+
+    from aef_pipeline.errors import UserInputError
+    from aef_pipeline.model import build_model
+    from tests.test_bad_inputs import spec_with_weights
+
+    sentinel = tmp_path / "code-ran"
+    checkpoint = tmp_path / "payload.pt"
+    torch.save({"blocks.0.weight": _Payload(sentinel)}, checkpoint)
+    torch.load(checkpoint, weights_only=False)["blocks.0.weight"].close()  # the control: unpickling runs code
+    assert sentinel.exists()
+    sentinel.unlink()
+    for name in ("tiny.pt", "tiny.safetensors"):  # by its name, and disguised as safetensors
+        spec = spec_with_weights(tmp_path, name, checkpoint.read_bytes())
+        with pytest.raises(UserInputError, match="never pickle"):  # CheckpointError, or the spec refused
+            build_model(load_spec(str(spec)))
+        assert not sentinel.exists()
+    sources = Path(__file__).resolve().parents[1] / "aef_pipeline"
+    loaders = [f"{p.name}: {line.strip()}" for p in sources.rglob("*.py") for line in p.read_text().splitlines()
+               if any(call in line for call in ("torch.load(", "pickle.load", "cloudpickle.load"))]  # fmt: skip
+    assert not loaders  # and no pickle loader anywhere in the package
+
+
+CRAFTED_IDS = ["../../../../escaped", "/tmp/aef-escaped/item", "..", "a/../../b", "..\\..\\windows", "%2e%2e%2fenc",
+               "~/home", "con:"]  # fmt: skip
+
+
+def test_crafted_item_ids_cannot_put_files_outside_the_store(
+    earth_search_catalog: SyntheticCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    catalog = _catalog_copy(earth_search_catalog, tmp_path / "cat")
+    items = sorted(p for p in (tmp_path / "cat").rglob("S2*_2022*/*.json") if p.parent.name == p.stem)
+    crafted = []
+    for number, path in enumerate(items):  # every 2022 item's id is hostile, and unique
+        item = json.loads(path.read_text())
+        item["id"] = f"{CRAFTED_IDS[number % len(CRAFTED_IDS)]}/{number}/{item['id']}"
+        crafted.append(item["id"])
+        path.write_text(json.dumps(item))
+    assert len(crafted) > 10
+    work = tmp_path / "work" / "deep" / "down"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # relative ids would land here, or above it
+    outside = set(tmp_path.rglob("*"))
+    argv = ["run", "--stac", str(catalog), "--bbox", *SMALL_ARGS, "--years", "2022", "--out", "f.zarr",
+            "--device", "cpu", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert "1 tile-periods done" in capsys.readouterr().out
+    new = {os.path.relpath(p, work) for p in set(tmp_path.rglob("*")) - outside}
+    assert sorted({path.split(os.sep)[0] for path in new}) == ["f.runs", "f.stac", "f.zarr"]  # nothing else
+    assert not Path("/tmp/aef-escaped").exists()
+    (task,) = plan_tasks(SMALL, PERIODS, load_spec("tiny"))
+    from aef_pipeline.store import read_record
+
+    scenes = read_record(work / "f.zarr", task.tile, PERIODS[0])["scenes"]
+    assert scenes
+    assert set(scenes) <= set(crafted)  # the ids went all the way through, as plain text

@@ -146,5 +146,10 @@ def _check(spec: ModelSpec) -> None:
                                                                                  "time")):  # fmt: skip
         if width % heads:
             raise UserInputError(f"{where}: {label} width {width} is not divisible by its {heads} heads")
+    if spec.weights.file and not spec.weights.file.endswith(".safetensors"):
+        raise UserInputError(
+            f"{where}: weights file {spec.weights.file} is not .safetensors: checkpoints load only as safetensors, "
+            "never pickle (.pt/.pth/.ckpt can run code when loaded); convert it with safetensors.torch.save_file"
+        )
     if spec.weights.file and len(spec.weights.sha256) != 64:
         raise UserInputError(f"{where}: weights file {spec.weights.file} needs its 64-hex-digit sha256")

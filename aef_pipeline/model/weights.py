@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -89,7 +90,14 @@ def _read_checked(path: Path, sha256: str) -> dict[str, torch.Tensor]:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256.lower():
         raise CheckpointError(f"weights {path} have sha256 {digest}, the spec expects {sha256}: refusing to load")
-    return load_file(str(path))
+    try:
+        # safetensors only ever reads a JSON header and raw tensor bytes: nothing in the file runs.
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointError(
+            f"weights {path} are not a safetensors file ({error}): checkpoints load only as safetensors, never "
+            "pickle; convert it with safetensors.torch.save_file"
+        ) from None
 
 
 def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
