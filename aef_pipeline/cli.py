@@ -241,6 +241,8 @@ def _progress(request: Any) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from aef_pipeline.encode import required_halo
     from aef_pipeline.model import load_spec
     from aef_pipeline.model.flops import flops_per_window
@@ -263,7 +265,12 @@ def _plan(args: argparse.Namespace) -> int:
         scenes = f"{len(selection.items)} scenes ({len(selection.skipped)} dropped)"
         print(f"{task.tile} {task.period.label} window {task.window}: {task.pixels:,} px, {scenes}, "
               f"~{read / 1e6:.0f} MB to read")  # fmt: skip
-    print(f"{len(tasks)} tasks, {total_px:,} px, ~{total_bytes / 1e9:.2f} GB to read, model {spec.name}")
+    # The store: 64 values per pixel at the storage's width plus the int16 observation count
+    # (before compression, which barely shrinks embeddings): the free space a run needs.
+    storage = getattr(args, "storage", "int8")
+    written = total_px * (spec.output_dim * np.dtype(storage).itemsize + 2)
+    print(f"{len(tasks)} tasks, {total_px:,} px, ~{total_bytes / 1e9:.2f} GB to read, ~{written / 1e9:.2f} GB to "
+          f"write ({storage}), model {spec.name}")  # fmt: skip
     print(f"encoding: at most {total_flops:.2e} FLOP, ~{_duration(total_flops / CPU_FLOPS)} on a CPU at "
           f"{CPU_FLOPS / 1e9:.0f} GFLOP/s, ~{_duration(total_flops / GPU_FLOPS)} on a GPU at "
           f"{GPU_FLOPS / 1e12:.0f} TFLOP/s (docs/performance.md)")  # fmt: skip

@@ -182,7 +182,9 @@ def test_a_config_file_with_flags_over_it(tmp_path: Path, capsys: pytest.Capture
     config.write_text('bbox = [15.057, 46.194, 15.073, 46.206]\nyears = "2021"\nmodel = "huge"\nstac = "demo"\n')
     # The file names a model that does not exist; the flag overrides it and the plan runs offline.
     assert main(["plan", "--config", str(config), "--model", "tiny"]) == 0
-    assert "1 tasks" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 tasks" in printed
+    assert "GB to write (int8)" in printed
     assert main(["plan", "--config", str(config)]) == 2
     assert "model spec 'huge' not found" in capsys.readouterr().err
     config.write_text("colour = 'red'\n")
