@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,22 @@ def test_crs_is_declared_like_real(any_flavor_catalog: SyntheticCatalog) -> None
     catalog = any_flavor_catalog
     for item, scene in zip(catalog.items, catalog.scenes, strict=True):
         assert item["properties"]["proj:epsg"] == scene.tile.epsg
+
+
+def test_reading_real_items_prints_no_pystac_migration_noise(real_examples: Path) -> None:
+    # A fresh process with default warning filters, as a user's: pystac's storage-extension
+    # migration warns for every real Earth Search item unless aef_pipeline.search silences it.
+    code = (
+        "import json, pathlib, sys, pystac\n"
+        "import aef_pipeline.search\n"
+        "for path in sys.argv[1:]:\n"
+        "    pystac.Item.from_dict(json.loads(pathlib.Path(path).read_text()))\n"
+    )
+    items = [str(p) for p in sorted(real_examples.glob("earthsearch_v1_s2c1l2a__S2*.json"))]
+    assert items
+    shown = subprocess.run([sys.executable, "-W", "default", "-c", code, *items], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "Could not parse bucket" not in shown.stderr
+    control = subprocess.run([sys.executable, "-W", "default", "-c", code.replace("import aef_pipeline.search\n", ""),
+                              *items], capture_output=True, text=True)  # fmt: skip
+    assert "Could not parse bucket" in control.stderr  # the warning is real without the filter
