@@ -14,8 +14,10 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
+import numpy as np
 import odc.stac
 import pystac
 import rasterio
@@ -26,6 +28,7 @@ from odc.geo.xr import xr_coords
 from aef_pipeline.errors import AefWarning
 from aef_pipeline.providers import SCL
 from aef_pipeline.search import SceneSelection
+from aef_pipeline.sentinel2 import BAND_BY_NAME
 
 # Rows of a lazy cube's chunks (full width, one frame: each product is its own file).
 DEFAULT_CHUNK_ROWS = 512
@@ -94,34 +97,49 @@ def load_selection(
     (Planetary Computer SAS tokens expire, so they are signed at read time, not at search time);
     the default signs when the `planetary-computer` package is installed.
 
-    SCL (20 m, nearest) is read on the 20 m grid that shares the geobox's edges, where odc-stac
-    copies pixels without warping, and each pixel repeated 2 x 2: the same values as GDAL's
-    nearest warp, at a fraction of the cost (docs/performance.md). A geobox off the 20 m lattice
-    is warped by odc-stac. 20 m bands stay bilinear through odc-stac (their edges need the
-    neighbouring source pixels, which a per-chunk doubling would not have).
+    The 20 m bands are read on the 20 m grid that shares the geobox's edges, where odc-stac copies
+    pixels without warping (Sentinel-2 tiles lie on that lattice), and brought to 10 m here: SCL by
+    repeating each pixel 2 x 2, reflectance bilinearly, one row block at a time with a one-pixel
+    rim of 20 m context, so a block needs no neighbour's chunks. Both give GDAL's values exactly
+    (tests/test_cube.py) without its warp, which was the loader's main cost (docs/performance.md).
+    A geobox off the 20 m lattice is warped by odc-stac.
     """
     items = [
         canonical_item(item, dict(info.asset_keys))
         for item, info in zip(selection.items, selection.scenes, strict=True)
     ]
     names = [*bands, SCL]
-    coarse = [SCL] if _on_lattice(geobox, 2) else []
+    rows = chunk_rows or geobox.shape[0]
+    on_lattice = _on_lattice(geobox, 2) and rows % 2 == 0
+    coarse = [name for name in names if on_lattice and _native_resolution(name) == 20]
     fine = [name for name in names if name not in coarse]
+    load = partial(
+        odc.stac.load, items, groupby="id", preserve_original_order=True, resampling={"*": "bilinear", SCL: "nearest"},
+        fail_on_error=False, stac_cfg=_STAC_CFG, patch_url=sign_url or default_url_signer(),
+    )  # fmt: skip
     parts = []
     with rasterio.Env(**gdal.env()):
-        for group, box, factor in ((fine, geobox, 1), (coarse, geobox.zoom_out(2), 2)):
-            if group:
-                chunks: dict[str, int | Literal["auto"]] | None = (
-                    None if chunk_rows is None else {"time": 1, "y": max(1, chunk_rows // factor), "x": -1}
-                )
-                loaded = odc.stac.load(
-                    items, bands=group, geobox=box, groupby="id", preserve_original_order=True,
-                    resampling={"*": "bilinear", SCL: "nearest"}, chunks=chunks, fail_on_error=False,
-                    stac_cfg=_STAC_CFG, patch_url=sign_url or default_url_signer(),
-                )  # fmt: skip
-                parts.append(loaded if factor == 1 else _doubled(loaded, geobox))
+        if fine:
+            parts.append(load(bands=fine, geobox=geobox, chunks=_row_chunks(chunk_rows)))
+        if SCL in coarse:
+            coarse_rows = None if chunk_rows is None else max(1, chunk_rows // 2)
+            parts.append(
+                _doubled(load(bands=[SCL], geobox=geobox.zoom_out(2), chunks=_row_chunks(coarse_rows)), geobox)
+            )
+        if len(coarse) > (SCL in coarse):
+            reflectance = [name for name in coarse if name != SCL]
+            parts.append(_upsampled(load, reflectance, geobox, rows, lazy=chunk_rows is not None))
     merged = xr.merge(parts, compat="override", join="override", combine_attrs="override")
     return merged[names]
+
+
+def _row_chunks(rows: int | None) -> dict[str, int | Literal["auto"]] | None:
+    """odc-stac chunks of one frame, `rows` rows and the full width; None loads eagerly."""
+    return None if rows is None else {"time": 1, "y": rows, "x": -1}
+
+
+def _native_resolution(name: str) -> int:
+    return 20 if name == SCL else BAND_BY_NAME[name].resolution
 
 
 def _on_lattice(geobox: GeoBox, factor: int) -> bool:
@@ -134,6 +152,54 @@ def _on_lattice(geobox: GeoBox, factor: int) -> bool:
         and math.isclose(affine.c / step, round(affine.c / step), abs_tol=1e-6)
         and math.isclose(affine.f / step, round(affine.f / step), abs_tol=1e-6)
     )  # fmt: skip
+
+
+def _upsampled(load: Callable[..., xr.Dataset], names: list[str], geobox: GeoBox, rows: int, lazy: bool) -> xr.Dataset:
+    """`names` (20 m reflectance) on the 10 m `geobox`, bilinear, in blocks of `rows` rows: each block
+    is read on its own 20 m grid padded by one pixel, so it is complete by itself (no block reads
+    another's chunk; the encoder computes one block at a time)."""
+    blocks = []
+    for start in range(0, geobox.shape[0], rows):
+        block = geobox[start : min(start + rows, geobox.shape[0]), :]
+        coarse = load(
+            bands=names, geobox=block.zoom_out(2).pad(1), chunks={"time": 1, "y": -1, "x": -1} if lazy else None
+        )
+        coords = {"time": coarse.time, **xr_coords(block, crs_coord_name="spatial_ref")}
+        out = {}
+        for name, variable in coarse.data_vars.items():
+            data = variable.data
+            if lazy:
+                doubled = data.map_blocks(bilinear_doubled, chunks=(1, *block.shape), dtype=data.dtype)
+            else:
+                doubled = bilinear_doubled(data)
+            out[name] = xr.DataArray(doubled, dims=("time", "y", "x"), coords=coords, attrs=variable.attrs)
+        blocks.append(xr.Dataset(out, attrs=coarse.attrs))
+    return xr.concat(blocks, dim="y") if len(blocks) > 1 else blocks[0]
+
+
+def bilinear_doubled(padded: np.ndarray) -> np.ndarray:
+    """(..., h + 2, w + 2) DN with 0 as nodata -> (..., 2h, 2w): bilinear interpolation at the
+    centres of the 10 m pixels inside the rim, as GDAL's warp does on aligned grids (weights 3/4
+    and 1/4 per axis), nodata neighbours left out and the weights of the others renormalised, and
+    nodata (0) where the valid ones carry less than half the weight; rounded half up. Equal to
+    GDAL's output, pixel for pixel, on the benchmark test bed (swath edges included)."""
+    valid = (padded > 0).astype(np.float32)
+    weight = _doubled_linear(valid)
+    total = _doubled_linear(padded.astype(np.float32) * valid)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(weight >= 0.5, np.floor(total / weight + 0.5), 0)
+    return values.astype(padded.dtype)
+
+
+def _doubled_linear(padded: np.ndarray) -> np.ndarray:
+    """Linear interpolation of the inner pixels to twice the resolution, one axis after the other:
+    a 10 m pixel centre lies a quarter of a 20 m pixel from its own pixel's centre."""
+    centre = padded[..., 1:-1, :]
+    rows = np.stack([0.75 * centre + 0.25 * padded[..., :-2, :], 0.75 * centre + 0.25 * padded[..., 2:, :]], axis=-2)
+    rows = rows.reshape(*padded.shape[:-2], 2 * centre.shape[-2], padded.shape[-1])
+    centre = rows[..., 1:-1]
+    cols = np.stack([0.75 * centre + 0.25 * rows[..., :-2], 0.75 * centre + 0.25 * rows[..., 2:]], axis=-1)
+    return cols.reshape(*rows.shape[:-1], 2 * centre.shape[-1])
 
 
 def _doubled(coarse: xr.Dataset, geobox: GeoBox) -> xr.Dataset:
