@@ -234,10 +234,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _progress(request: Any) -> str:
     from aef_pipeline.model import load_spec
-    from aef_pipeline.run import completed, plan_tasks
+    from aef_pipeline.run import plan_tasks, progress
 
-    tasks = plan_tasks(request.bbox, request.periods, load_spec(request.model))
-    return f"{completed(request.output, tasks)} of {len(tasks)} tile-periods complete"
+    return progress(request.output, plan_tasks(request.bbox, request.periods, load_spec(request.model)))
 
 
 def _plan(args: argparse.Namespace) -> int:

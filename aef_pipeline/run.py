@@ -291,8 +291,8 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
             with suppress(OSError):  # on a full disk the report may not fit either
                 report.save(request.output)
             raise StorageFullError(
-                f"no space left on the device of {request.output} ({completed(request.output, tasks)} of "
-                f"{len(tasks)} tile-periods complete and recorded; the write that failed left no record): "
+                f"no space left on the device of {request.output} ({progress(request.output, tasks)} and "
+                "recorded; the write that failed left no record): "
                 "free some space or move the store, then rerun the same command to resume"
             ) from error
     report.seconds = round(time.perf_counter() - started, 2)
@@ -322,9 +322,16 @@ def out_of_space(error: BaseException) -> bool:
     return False
 
 
-def completed(output: Path, tasks: list[TileTask]) -> int:
-    """How many of `tasks` the store records as complete."""
-    return sum(finished(output, task.tile, task.period, task.window) for task in tasks)
+def progress(output: Path, tasks: list[TileTask]) -> str:
+    """ "N of M tile-periods complete": how many of `tasks` the store records as complete. Safe on a
+    store whose template was cut off half-written (a run stopped or interrupted while making it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr's, about an array without its metadata yet
+            done = str(sum(finished(output, task.tile, task.period, task.window) for task in tasks))
+    except Exception as error:
+        done = f"? (the store could not be read: {type(error).__name__})"
+    return f"{done} of {len(tasks)} tile-periods complete"
 
 
 def attempt_task(task: TileTask, request: RunRequest) -> TaskResult:

@@ -90,7 +90,7 @@ def create_store(
     _check_writable(path)
     _unconsolidate(path)
     for zone, zone_tiles in _by_zone(tiles).items():
-        existing = _zone_attrs(path, zone)
+        existing = zone_attrs(path, zone)
         if existing is None:
             _template(zone_tiles, periods, layout).to_zarr(
                 path, group=zone, mode="a", compute=False, encoding=_encoding(layout), consolidated=False
@@ -114,13 +114,13 @@ def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, reco
     areas written) lands only after the data write returned, so it always means complete data.
     """
     zone = zone_name(tile)
-    attrs = _zone_attrs(path, zone)
+    attrs = zone_attrs(path, zone)
     if attrs is None:
         raise UserInputError(f"{path} has no group {zone}: create the store for this tile first")
     index = _period_index(path, zone, period)
     if index is None:
         raise UserInputError(f"{path} group {zone} has no period {period.label}: create it first")
-    rows, cols = _tile_region(tile, attrs["aef:tiles"])
+    rows, cols = tile_region(tile, attrs["aef:tiles"])
     window = field_window(field, tile)
     embedding = field.embedding.transpose("y", "x", "dim").values
     values = quantise(embedding) if attrs["aef:storage"] == "int8" else embedding.astype(attrs["aef:storage"])
@@ -182,7 +182,7 @@ def _write_record(
     full = {"tile": str(tile), "period": period.label, **record, "areas": areas,
             "written": dt.datetime.now(dt.UTC).isoformat()}  # fmt: skip
     text = np.array([[[json.dumps(full, default=str)]]], dtype=object)
-    region = {"time": slice(index, index + 1), **_tile_index(tile, attrs["aef:tiles"])}
+    region = {"time": slice(index, index + 1), **tile_index(tile, attrs["aef:tiles"])}
     xr.Dataset({"tile_record": (("time", "tile_row", "tile_col"), text)}).to_zarr(
         path, group=zone_name(tile), region=region, mode="r+", consolidated=False
     )
@@ -215,14 +215,14 @@ def read_record(path: Path, tile: TileId, period: Period) -> dict[str, Any]:
 
 def _record_text(path: Path, tile: TileId, period: Period) -> str:
     zone = zone_name(tile)
-    attrs, index = _zone_attrs(path, zone), _period_index(path, zone, period)
+    attrs, index = zone_attrs(path, zone), _period_index(path, zone, period)
     if attrs is None or index is None or not _inside(tile, attrs["aef:tiles"]):
         return ""
     return _record_at(path, tile, index, attrs["aef:tiles"])
 
 
 def _record_at(path: Path, tile: TileId, index: int, extent: Mapping[str, int]) -> str:
-    where = _tile_index(tile, extent)
+    where = tile_index(tile, extent)
     array = zarr.open_array(str(path / zone_name(tile) / "tile_record"), mode="r")
     return str(array[index, where["tile_row"].start, where["tile_col"].start])
 
@@ -415,7 +415,8 @@ def _check_writable(path: Path) -> None:
         raise UserInputError(f"{path} holds something that is not an embedding store: choose another --out")
 
 
-def _zone_attrs(path: Path, zone: str) -> dict[str, Any] | None:
+def zone_attrs(path: Path, zone: str) -> dict[str, Any] | None:
+    """A zone group's attributes (layout, model, tile extent `aef:tiles`), or None without the group."""
     if not (path / zone / "zarr.json").is_file():
         return None
     return dict(zarr.open_group(str(path / zone), mode="r").attrs)
@@ -451,7 +452,8 @@ def _period_index(path: Path, zone: str, period: Period) -> int | None:
     return int(matches[0]) if matches.size else None
 
 
-def _tile_region(tile: TileId, extent: Mapping[str, int]) -> tuple[slice, slice]:
+def tile_region(tile: TileId, extent: Mapping[str, int]) -> tuple[slice, slice]:
+    """The tile's (y, x) pixel slices in its zone group, whose tile extent is `extent`."""
     if not _inside(tile, extent):
         raise UserInputError(f"tile {tile} lies outside the store's extent {dict(extent)}")
     row0 = (extent["row_max"] - tile.row) * TILE_PIXELS
@@ -459,7 +461,8 @@ def _tile_region(tile: TileId, extent: Mapping[str, int]) -> tuple[slice, slice]
     return slice(row0, row0 + TILE_PIXELS), slice(col0, col0 + TILE_PIXELS)
 
 
-def _tile_index(tile: TileId, extent: Mapping[str, int]) -> dict[str, slice]:
+def tile_index(tile: TileId, extent: Mapping[str, int]) -> dict[str, slice]:
+    """The tile's position on the (tile_row, tile_col) axes of `tile_record`."""
     row, col = extent["row_max"] - tile.row, tile.col - extent["col_min"]
     return {"tile_row": slice(row, row + 1), "tile_col": slice(col, col + 1)}
 

@@ -19,7 +19,7 @@ import zarr
 
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TileId
-from aef_pipeline.store import NODATA_INT8, _tile_index, _tile_region, _zone_attrs, dequantise, shard_digest, zones_in
+from aef_pipeline.store import NODATA_INT8, dequantise, shard_digest, tile_index, tile_region, zone_attrs, zones_in
 
 # Unit-norm tolerance per storage: int8's quantisation moves a norm by up to ~0.02.
 NORM_TOLERANCE = {"int8": 0.03, "float16": 2e-3, "float32": 1e-4}
@@ -41,7 +41,7 @@ def verify_store(path: Path) -> Verification:
         raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
     result = Verification()
     for zone in zones:
-        attrs = _zone_attrs(path, zone)
+        attrs = zone_attrs(path, zone)
         if attrs is None:
             result.problems.append(f"{zone}: zone metadata missing")
             continue
@@ -50,11 +50,11 @@ def verify_store(path: Path) -> Verification:
         observations = zarr.open_array(str(path / zone / "observations"), mode="r")
         for index in range(records.shape[0]):
             for tile in _tiles(zone, attrs["aef:tiles"]):
-                where = _tile_index(tile, attrs["aef:tiles"])
+                where = tile_index(tile, attrs["aef:tiles"])
                 text = str(records[index, where["tile_row"].start, where["tile_col"].start])
                 if not text:
                     continue
-                rows, cols = _tile_region(tile, attrs["aef:tiles"])
+                rows, cols = tile_region(tile, attrs["aef:tiles"])
                 stored = np.asarray(embedding[index, rows, cols, :]), np.asarray(observations[index, rows, cols])
                 result.checked += 1
                 result.problems += [f"{tile} period {index}: {p}" for p in _check(text, tile, attrs, *stored)]

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,12 +261,22 @@ def test_a_run_killed_mid_way_is_finished_by_rerunning_it(
     process = subprocess.Popen([sys.executable, "-m", "aef_pipeline.cli", *argv], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     (task_2021,) = plan_tasks(SMALL, both[:1], load_spec("tiny"))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if out.exists() and any(finished(out, task_2021.tile, period) for period in both):
-            break
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the machine dies: client, scheduler and workers at once
+
+    def one_recorded() -> bool:
+        # Polled while the other process writes: a template it is still creating reads as "not yet".
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return out.exists() and any(finished(out, task_2021.tile, period) for period in both)
+            except Exception:
+                return False
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None and not one_recorded():
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the machine dies: client, scheduler and workers at once
     assert process.wait() == -signal.SIGKILL
     assert lock_path(out).exists()  # left behind, stale: its process is gone
     report = run(RunRequest(SMALL, both, out, static_catalog, device="cpu"))
