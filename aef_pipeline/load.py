@@ -126,9 +126,8 @@ def load_selection(
             parts.append(
                 _doubled(load(bands=[SCL], geobox=geobox.zoom_out(2), chunks=_row_chunks(coarse_rows)), geobox)
             )
-        if len(coarse) > (SCL in coarse):
-            reflectance = [name for name in coarse if name != SCL]
-            parts.append(_upsampled(load, reflectance, geobox, rows, lazy=chunk_rows is not None))
+        if coarse_reflectance := [name for name in coarse if name != SCL]:
+            parts.append(_upsampled(load, coarse_reflectance, geobox, rows, lazy=chunk_rows is not None))
     merged = xr.merge(parts, compat="override", join="override", combine_attrs="override")
     return merged[names]
 
@@ -161,9 +160,7 @@ def _upsampled(load: Callable[..., xr.Dataset], names: list[str], geobox: GeoBox
     blocks = []
     for start in range(0, geobox.shape[0], rows):
         block = geobox[start : min(start + rows, geobox.shape[0]), :]
-        coarse = load(
-            bands=names, geobox=block.zoom_out(2).pad(1), chunks={"time": 1, "y": -1, "x": -1} if lazy else None
-        )
+        coarse = load(bands=names, geobox=block.zoom_out(2).pad(1), chunks=_row_chunks(-1 if lazy else None))
         coords = {"time": coarse.time, **xr_coords(block, crs_coord_name="spatial_ref")}
         out = {}
         for name, variable in coarse.data_vars.items():
