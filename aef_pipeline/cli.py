@@ -107,6 +107,8 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
     run.add_argument("--overwrite", action="store_true", help="replace a store made with another model/grid")
     run.add_argument("--storage", choices=["int8", "float16", "float32"], default="int8")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads per task (default: each worker's share of its host's cores)")  # fmt: skip
     run.set_defaults(handler=_run)
 
 
@@ -177,6 +179,7 @@ def _config_value(name: str, value: Any) -> Any:
 
 
 def _request(args: argparse.Namespace) -> Any:
+    from aef_pipeline.environment import TaskEnvironment
     from aef_pipeline.grid import BBox
     from aef_pipeline.run import RunRequest
     from aef_pipeline.search import CatalogConfig
@@ -189,12 +192,15 @@ def _request(args: argparse.Namespace) -> Any:
     bbox = BBox(west, south, east, north, crosses_antimeridian=west > east)
     periods = parse_periods(args.years, args.period)
     catalog = _demo_stac() if args.stac == "demo" else args.stac
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UserInputError(f"--threads {threads} is not a thread count: give 1 or more, or leave it out")
     collections = tuple(args.collection) or ("sentinel-2-c1-l2a",)
     return RunRequest(
         bbox=bbox, periods=periods, output=getattr(args, "out", Path("unused")),
         catalog=CatalogConfig(catalog, collections), model=args.model, device=getattr(args, "device", "auto"),
         max_cloud_cover=args.max_cloud, overwrite=getattr(args, "overwrite", False),
-        storage=getattr(args, "storage", "int8"),
+        storage=getattr(args, "storage", "int8"), environment=TaskEnvironment(torch_threads=threads),
     )  # fmt: skip
 
 
@@ -209,17 +215,16 @@ def _demo_stac() -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aef_pipeline.cluster import connect, dask_submitter
+    from aef_pipeline.cluster import connect, run_on_cluster
     from aef_pipeline.encode import check_device_name
     from aef_pipeline.model import load_spec
-    from aef_pipeline.run import run
 
     request = _request(args)
     load_spec(request.model)  # an unknown model is a one-line error before anything starts
     check_device_name(request.device)
     try:
         with connect(args.scheduler, args.workers) as client:
-            report = run(request, submit=dask_submitter(client, request))
+            report = run_on_cluster(client, request)
     except KeyboardInterrupt:
         print(f"aef-pipeline: interrupted: {_progress(request)} in {request.output}; rerun the same command to "
               "resume (finished tile-periods are kept and skipped)", file=sys.stderr)  # fmt: skip

@@ -1,7 +1,7 @@
 """Running tasks on dask.distributed: a cluster to use, a model per worker, bounded submission.
 
 with connect(scheduler=None, workers=2) as client:
-    report = run(request, submit=dask_submitter(client, request))
+    report = run_on_cluster(client, request)
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import os
 from collections import Counter
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
@@ -21,36 +20,54 @@ import torch
 from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
 from tqdm import tqdm
 
+from aef_pipeline.environment import available_cores
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.run import RunRequest, Submit, TaskResult, TileTask, attempt_task, loaded_model
+from aef_pipeline.run import (
+    RunReport,
+    RunRequest,
+    Submit,
+    TaskResult,
+    TileTask,
+    attempt_task,
+    fixed_threads,
+    loaded_model,
+    run,
+)
 
 PLUGIN_NAME = "aef-model"
 
 
 class ModelPlugin(WorkerPlugin):
-    """Builds the model once when a worker starts, so no task waits for it or ships it, and gives
-    torch the worker's share of its machine's cores.
-
-    dask starts worker processes with OMP_NUM_THREADS=1, which leaves torch one thread: a CPU
-    worker would encode on one core however many it has (measured: 1 worker on 2 cores ran at
-    0.18x the in-process rate). `workers_per_host` (from the scheduler) splits the cores among the
-    worker processes of each host; a worker that joined later counts as alone on its host.
-    """
+    """Builds the model once when a worker starts, so no task waits for it or ships it."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, model: str, workers_per_host: dict[str, int] | None = None) -> None:
+    def __init__(self, model: str) -> None:
         self.model = model
-        self.workers_per_host = workers_per_host or {}
 
     def setup(self, worker: Any) -> None:
-        host = urlsplit(str(worker.address)).hostname or ""
-        _torch_threads[0] = max(1, len(os.sched_getaffinity(0)) // self.workers_per_host.get(host, 1))
         loaded_model(self.model)
 
 
-# Set by ModelPlugin; applied in each task's own thread (OpenMP thread counts are per thread).
-_torch_threads = [0]
+def run_on_cluster(client: Client, request: RunRequest, progress: bool = True) -> RunReport:
+    """`run(request)` with its tasks on the client's workers; torch threads per task decided here
+    from the workers' cores unless the request fixes them (`--threads`)."""
+    request = fixed_threads(request, threads_per_worker(client))
+    return run(request, submit=dask_submitter(client, request, progress=progress))
+
+
+def threads_per_worker(client: Client) -> int:
+    """The smallest share of its host's cores any worker has: the torch thread count every task of
+    a run gets, wherever it lands or is retried.
+
+    dask starts worker processes with OMP_NUM_THREADS=1, which would leave torch one thread: a CPU
+    worker would encode on one core however many it has (measured: 1 worker on 2 cores ran at
+    0.18x the in-process rate). Each host's cores are split among its worker processes.
+    """
+    cores: dict[str, int] = client.run(available_cores)
+    hosts = Counter(urlsplit(address).hostname or "" for address in cores)
+    shares = [count // hosts[urlsplit(address).hostname or ""] for address, count in cores.items()]
+    return max(1, min(shares, default=1))
 
 
 def worker_environ() -> dict[str, Any]:
@@ -99,8 +116,7 @@ def dask_submitter(
     two per worker), and yield results as they complete, with a progress bar in pixels. Closing
     the generator early (the run stopped) cancels the tasks still queued or running."""
     workers = client.scheduler_info().get("workers", {})
-    hosts = Counter(urlsplit(address).hostname or "" for address in workers)
-    client.register_plugin(ModelPlugin(request.model, dict(hosts)))
+    client.register_plugin(ModelPlugin(request.model))
     limit = max_in_flight or 2 * max(1, len(workers))
     gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
 
@@ -135,9 +151,7 @@ def _submit(client: Client, task: TileTask, request: RunRequest, gpu: bool) -> F
 
 
 def safe_process_task(task: TileTask, request: RunRequest) -> TaskResult:
-    """The task on a worker: torch on the worker's share of cores, failures recorded, not raised."""
-    if _torch_threads[0]:
-        torch.set_num_threads(_torch_threads[0])
+    """The task on a worker, in the request's environment; failures recorded, not raised."""
     try:
         return attempt_task(task, request)
     finally:

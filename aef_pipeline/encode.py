@@ -10,6 +10,13 @@ a core and their unit vectors are blended with a sin^2 taper and renormalised.
 Per window, frames without any valid pixel are left out (exactly equivalent to masking them), and
 windows with similar frame counts are batched together, padded with masked frames to a multiple
 of `frame_bucket`; memory per batch is bounded by batch_size x frames x L^2.
+
+A window's embedding is bit-identical whatever its batch-mates: every forward pass of a frame
+bucket has the same shape (a short last batch is filled with masked dummy windows), because CPU
+and GPU kernels pick their blocking, and so their rounding, by shape (measured: a window alone vs
+in a batch of 8 differed by 1.5e-7). Within a shape, the model computes each window alike
+whatever its place in the batch and the thread count (tests/test_encoder.py checks every place,
+1 and 2 threads, and the AVX2 kernels), so how tasks split an area never changes a value.
 """
 
 from __future__ import annotations
@@ -65,6 +72,15 @@ class _Window:
     """Indices of the cube frames with a valid pixel in this window."""
 
 
+@dataclass(frozen=True)
+class _Batch:
+    windows: list[_Window]
+    size: int
+    """Windows in the forward pass, dummies included: fixed per frame bucket."""
+    frames: int
+    """Frames per window in the forward pass: the bucket's padded count."""
+
+
 def required_halo(spec: ModelSpec, overlap: bool) -> int:
     """Pixels a cube needs around the area it encodes: the window context, plus half a core when
     overlapping windows reach past the area's edge."""
@@ -118,8 +134,8 @@ def encode_cube(
     observations = np.zeros((cube.sizes["y"], cube.sizes["x"]), np.int16)  # filled as the cube is read
     for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows, observations):
         for batch in _batches(windows, options):
-            vectors = _run(model, spec, row_block, batch, times, period_ms, device, options)
-            _accumulate(total, vectors, batch, spec, halo, options.overlap)
+            vectors = _run(model, spec, row_block, batch, times, period_ms, device)
+            _accumulate(total, vectors, batch.windows, spec, halo, options.overlap)
     field = _assemble(cube, total, observations, halo, height, width, spec)
     field.attrs.update(
         model=spec.name,
@@ -211,36 +227,36 @@ def _row_windows(top: int, valid: np.ndarray, spec: ModelSpec, stride: int, widt
     return windows
 
 
-def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[list[_Window]]:
-    """Windows grouped by padded frame count, in batches of at most batch_size."""
+def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[_Batch]:
+    """Windows grouped by padded frame count, in batches whose shape depends only on that count
+    (the last batch of a bucket is filled up with dummy windows: see the module's docstring)."""
     buckets: dict[int, list[_Window]] = defaultdict(list)
     for window in windows:
         buckets[math.ceil(window.frames.size / options.frame_bucket)].append(window)
     for bucket, members in sorted(buckets.items()):
-        size = max(1, min(options.batch_size, options.frames_per_batch // (bucket * options.frame_bucket)))
+        frames = bucket * options.frame_bucket
+        size = max(1, min(options.batch_size, options.frames_per_batch // frames))
         for start in range(0, len(members), size):
-            yield members[start : start + size]
+            yield _Batch(members[start : start + size], size, frames)
 
 
 def _run(
     model: STPEncoder,
     spec: ModelSpec,
     row_block: tuple[np.ndarray, np.ndarray],
-    batch: list[_Window],
+    batch: _Batch,
     times: np.ndarray,
     period_ms: torch.Tensor,
     device: torch.device,
-    options: EncodeOptions,
 ) -> np.ndarray:
-    """(len(batch), dim, L, L) unit vectors for one batch of windows."""
+    """(len(batch.windows), dim, L, L) unit vectors for one batch of windows. Rows past the
+    windows are dummies: no valid pixel, so they compute but influence nothing."""
     reflectance, valid = row_block
-    frames = max(w.frames.size for w in batch)
-    frames = math.ceil(frames / options.frame_bucket) * options.frame_bucket
     size, bands = spec.window, len(spec.bands)
-    x = np.zeros((len(batch), frames, bands, size, size), np.float32)
-    mask = np.zeros((len(batch), frames, size, size), bool)
-    t = np.zeros((len(batch), frames), np.int64)
-    for i, window in enumerate(batch):
+    x = np.zeros((batch.size, batch.frames, bands, size, size), np.float32)
+    mask = np.zeros((batch.size, batch.frames, size, size), bool)
+    t = np.zeros((batch.size, batch.frames), np.int64)
+    for i, window in enumerate(batch.windows):
         n, cols = window.frames.size, slice(window.col, window.col + size)
         x[i, :n] = reflectance[window.frames][:, :, :, cols]
         mask[i, :n] = valid[window.frames][:, :, cols]
@@ -251,9 +267,9 @@ def _run(
             torch.from_numpy(inputs).to(device),
             torch.from_numpy(mask).to(device),
             torch.from_numpy(t).to(device),
-            period_ms.expand(len(batch), 2).to(device),
+            period_ms.expand(batch.size, 2).to(device),
         )
-    vectors: np.ndarray = out.float().cpu().numpy()
+    vectors: np.ndarray = out[: len(batch.windows)].float().cpu().numpy()
     return vectors
 
 

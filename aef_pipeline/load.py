@@ -240,8 +240,13 @@ def redact(text: str) -> str:
     return _QUERY.sub(r"\1?<redacted>", text)
 
 
-class _RedactTokens(logging.Filter):
-    """Applied to the loggers whose messages hold the URLs being read (signed ones included)."""
+# odc-stac's read failures, and GDAL's own messages as rasterio logs them (at INFO): the loggers
+# whose messages hold the URLs being read. Tasks redact them (environment.redacted_logs).
+REDACTED_LOGGERS = ("odc.loader._rio", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio.env")
+
+
+class RedactTokens(logging.Filter):
+    """A filter for REDACTED_LOGGERS: every URL's query string (signed tokens) replaced."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(str(record.msg))
@@ -249,10 +254,6 @@ class _RedactTokens(logging.Filter):
             record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
         return True
 
-
-# odc-stac's read failures, and GDAL's own messages as rasterio logs them (at INFO).
-for _name in ("odc.loader._rio", "rasterio._env", "rasterio._base", "rasterio._io", "rasterio.env"):
-    logging.getLogger(_name).addFilter(_RedactTokens())
 
 _FAILURE = re.compile(r"Ignoring read failure reading (?P<uri>\S+):\d+ \(reason: '(?P<reason>.*)'\)", re.S)
 

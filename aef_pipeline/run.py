@@ -18,21 +18,21 @@ import traceback
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import dask
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
 from aef_pipeline import __version__
 from aef_pipeline.catalog import write_stac
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
+from aef_pipeline.environment import TaskEnvironment, applied, available_cores
 from aef_pipeline.errors import AefWarning, StorageFullError
 from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
-from aef_pipeline.load import GdalOptions, load_selection, report_read_failures
+from aef_pipeline.load import load_selection, report_read_failures
 from aef_pipeline.lock import store_lock
 from aef_pipeline.model import ModelSpec, Provenance, STPEncoder, build_model, load_spec
 from aef_pipeline.plan import Period
@@ -40,9 +40,6 @@ from aef_pipeline.preprocess import preprocess
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
 from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
 
-# Reading inside a task: a few threads of GDAL range requests; the lazy cube's chunks are row
-# blocks of the task's full width, the blocks the encoder reads (each chunk is read once).
-READ_THREADS = 4
 # A full disk or an exhausted quota: the run cannot go on until someone frees space.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -66,6 +63,9 @@ class RunRequest:
     storage: str = "int8"
     overlap: bool = False
     batch_size: int = 8
+    """Windows per forward pass; part of what a field is (see encode.py): keep it for a store."""
+    environment: TaskEnvironment = field(default_factory=TaskEnvironment)
+    """Threads and GDAL settings of every task; torch threads are fixed when the run starts."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,12 @@ def prepare_store(request: RunRequest, spec: ModelSpec, provenance: Provenance, 
 
 
 def process_task(task: TileTask, request: RunRequest) -> TaskResult:
-    """One tile window and period, start to finish, in this process."""
+    """One tile window and period, start to finish, in this process, in the request's environment."""
+    with applied(request.environment):
+        return _process_task(task, request)
+
+
+def _process_task(task: TileTask, request: RunRequest) -> TaskResult:
     result = TaskResult(task.key, str(task.tile), task.period.label, "done", pixels=task.pixels)
     if finished(request.output, task.tile, task.period, task.window):
         result.status = "skipped"
@@ -182,9 +187,10 @@ def process_task(task: TileTask, request: RunRequest) -> TaskResult:
     # is a row block (L rows x the window's width x frames x bands) plus the model's activations,
     # whatever the tile holds. Its reads run on this worker's threads, where read failures are seen.
     options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
-    with report_read_failures() as failures, dask.config.set(scheduler="threads", num_workers=READ_THREADS):
+    gdal = request.environment.gdal
+    with report_read_failures() as failures:
         with _timer(result, "load"):
-            loaded = load_selection(selection, area.pad(halo), spec.bands, GdalOptions(), chunk_rows=options.read_rows)
+            loaded = load_selection(selection, area.pad(halo), spec.bands, gdal, chunk_rows=options.read_rows)
             cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
         with _timer(result, "encode"):  # includes the lazy reads of the reflectance bands
             embeddings = encode_cube(cube, task.period, model, spec, options, provenance=provenance)
@@ -276,6 +282,7 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
     (records are written after their data, and zarr replaces chunk files atomically), the rest are
     redone by rerunning the same command once there is space."""
     started = time.perf_counter()
+    request = fixed_threads(request, available_cores())
     report = RunReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), _describe(request))
     spec, _, provenance = loaded_model(request.model)
     tasks = plan_tasks(request.bbox, request.periods, spec)
@@ -334,6 +341,14 @@ def progress(output: Path, tasks: list[TileTask]) -> str:
     return f"{done} of {len(tasks)} tile-periods complete"
 
 
+def fixed_threads(request: RunRequest, cores: int) -> RunRequest:
+    """The request with its tasks' torch thread count fixed (`cores` unless it already is), so that
+    every task of the run, retries included, computes with the same kernels."""
+    if request.environment.torch_threads is not None:
+        return request
+    return replace(request, environment=replace(request.environment, torch_threads=max(1, cores)))
+
+
 def attempt_task(task: TileTask, request: RunRequest) -> TaskResult:
     """process_task, with a failure recorded for the report instead of ending the whole run."""
     try:
@@ -358,4 +373,5 @@ def _in_process(request: RunRequest) -> Submit:
 def _describe(request: RunRequest) -> dict[str, Any]:
     return {"bbox": asdict(request.bbox), "periods": [p.label for p in request.periods],
             "output": str(request.output), "catalog": request.catalog.url,
-            "collections": list(request.catalog.collections), "model": request.model}  # fmt: skip
+            "collections": list(request.catalog.collections), "model": request.model,
+            "torch_threads": request.environment.torch_threads}  # fmt: skip

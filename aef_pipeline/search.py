@@ -31,12 +31,6 @@ from aef_pipeline.errors import AefWarning, UserInputError
 from aef_pipeline.plan import Period
 from aef_pipeline.providers import ItemSkippedWarning, SceneInfo, baseline_order, describe_item
 
-# pystac migrates the storage extension (v1 -> v2) of every item it reads, and warns for each item
-# whose hrefs it cannot split into bucket and account: every Earth Search item (https hrefs) and
-# every local file. We never read storage fields, so the warning says nothing to our users; it is
-# silenced by its exact message, in every process that searches (dask workers import this module).
-warnings.filterwarnings("ignore", message="Could not parse bucket/account from href", category=UserWarning)
-
 DEFAULT_CATALOG = "https://earth-search.aws.element84.com/v1"
 DEFAULT_COLLECTION = "sentinel-2-c1-l2a"
 # Earth Search rejects very large responses; 100 items per page is safe on every provider.

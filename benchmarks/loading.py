@@ -31,14 +31,16 @@ from rasterio.windows import Window, from_bounds
 
 from aef_pipeline import sentinel2 as s2
 from aef_pipeline.encode import EncodeOptions
+from aef_pipeline.environment import TaskEnvironment
 from aef_pipeline.load import GdalOptions, canonical_item, load_selection
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.providers import SCL
-from aef_pipeline.run import READ_THREADS, RunRequest, TileTask, loaded_model, prepare_store, process_task
+from aef_pipeline.run import RunRequest, TileTask, loaded_model, prepare_store, process_task
 from aef_pipeline.search import SceneSelection
 from benchmarks.report import Figure
 
 READ_ROWS = EncodeOptions().read_rows
+READ_THREADS = TaskEnvironment().read_threads  # the pipeline's read settings
 
 
 def loader_efficiency(selection: SceneSelection, load_box: GeoBox, bands: tuple[str, ...], repeats: int = 2,

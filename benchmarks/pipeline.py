@@ -19,12 +19,16 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
+from aef_pipeline.environment import TaskEnvironment
 from aef_pipeline.load import GdalOptions, load_selection
 from aef_pipeline.preprocess import preprocess
-from aef_pipeline.run import READ_THREADS, RunRequest, TileTask, loaded_model, prepare_store, process_task
+from aef_pipeline.run import RunRequest, TileTask, loaded_model, prepare_store, process_task
 from aef_pipeline.search import SceneSelection, open_source, search_tile
 from aef_pipeline.store import write_tile
 from benchmarks.report import Figure
+
+# The pipeline's read settings (a task's default environment).
+READ_THREADS = TaskEnvironment().read_threads
 
 T = TypeVar("T")
 

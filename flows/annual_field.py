@@ -18,11 +18,11 @@ from pathlib import Path
 
 from odc.geo.geom import Geometry
 
-from aef_pipeline.cluster import connect, dask_submitter
+from aef_pipeline.cluster import connect, run_on_cluster
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import BBox
 from aef_pipeline.plan import parse_periods
-from aef_pipeline.run import RunRequest, run
+from aef_pipeline.run import RunRequest
 from aef_pipeline.search import DEFAULT_CATALOG, CatalogConfig
 
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = RunRequest(region_bbox(args.region), parse_periods(args.years, []), args.out,
                              CatalogConfig(args.stac), model=args.model, device=args.device)  # fmt: skip
         with connect(args.scheduler, workers=0) as client:
-            report = run(request, submit=dask_submitter(client, request))
+            report = run_on_cluster(client, request)
     except UserInputError as error:
         print(f"annual_field: error: {error}", file=sys.stderr)
         return 2

@@ -123,18 +123,20 @@ def test_crs_is_declared_like_real(any_flavor_catalog: SyntheticCatalog) -> None
 
 def test_reading_real_items_prints_no_pystac_migration_noise(real_examples: Path) -> None:
     # A fresh process with default warning filters, as a user's: pystac's storage-extension
-    # migration warns for every real Earth Search item unless aef_pipeline.search silences it.
+    # migration warns for every real Earth Search item unless a task's environment silences it.
     code = (
         "import json, pathlib, sys, pystac\n"
-        "import aef_pipeline.search\n"
-        "for path in sys.argv[1:]:\n"
-        "    pystac.Item.from_dict(json.loads(pathlib.Path(path).read_text()))\n"
+        "from aef_pipeline.environment import TaskEnvironment, applied\n"
+        "with applied(TaskEnvironment()):\n"
+        "    for path in sys.argv[1:]:\n"
+        "        pystac.Item.from_dict(json.loads(pathlib.Path(path).read_text()))\n"
     )
     items = [str(p) for p in sorted(real_examples.glob("earthsearch_v1_s2c1l2a__S2*.json"))]
     assert items
     shown = subprocess.run([sys.executable, "-W", "default", "-c", code, *items], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert "Could not parse bucket" not in shown.stderr
-    control = subprocess.run([sys.executable, "-W", "default", "-c", code.replace("import aef_pipeline.search\n", ""),
-                              *items], capture_output=True, text=True)  # fmt: skip
+    control_code = code.replace("applied(TaskEnvironment())", "open(sys.argv[1])")
+    control = subprocess.run([sys.executable, "-W", "default", "-c", control_code, *items], capture_output=True,
+                             text=True)  # fmt: skip
     assert "Could not parse bucket" in control.stderr  # the warning is real without the filter

@@ -154,6 +154,7 @@ def test_a_tile_whose_scenes_all_fail_is_marked_failed_and_the_run_exits_non_zer
 def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
     earth_search_catalog: SyntheticCatalog, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from aef_pipeline.environment import redacted_logs
     from aef_pipeline.load import load_selection, report_read_failures
     from aef_pipeline.search import open_source, search_tile
 
@@ -163,7 +164,12 @@ def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
     selection = search_tile(source, area, Period.year(2022), ("B04",))
     # A remote-looking signed URL that cannot be fetched here: every read fails with it in the message.
     signer = lambda href: "https://example.invalid/" + Path(href).name + "?se=2030&sig=SECRET-TOKEN"  # noqa: E731
-    with caplog.at_level("DEBUG"), pytest.warns(ReadFailureWarning) as warned, report_read_failures() as failures:
+    with (
+        caplog.at_level("DEBUG"),
+        pytest.warns(ReadFailureWarning) as warned,
+        redacted_logs(),  # as every task reads (environment.applied)
+        report_read_failures() as failures,
+    ):
         load_selection(selection, area, ("B04",), chunk_rows=None, sign_url=signer)
     assert failures
     assert all("?<redacted>" in failure for failure in failures)

@@ -225,9 +225,23 @@ class PeriodPooling(nn.Module):
         key_valid = valid.permute(0, 2, 3, 1).reshape(b * h * w, n)
         mask = torch.cat([torch.ones_like(key_valid[:, :1]), key_valid], dim=1)[:, None, None, :]
         q, k, v = (_split_heads(z, self.heads) for z in (query.reshape(b * h * w, 1, width), keys, values))
-        pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, h, w, width)
+        pooled = _single_query_attention(q, k, v, mask).transpose(1, 2).reshape(b, h, w, width)
         out: torch.Tensor = self.out(pooled)
         return out.permute(0, 3, 1, 2)
+
+
+def _single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per sequence, written out: (N, heads, 1, d) -> (N, heads, 1, d).
+
+    Not F.scaled_dot_product_attention: for a single query its fused CPU kernel gives the
+    sequences a second thread computes a different rounding than the first thread's (measured,
+    torch 2.13, 2 threads: up to 6e-8 at the output), so a window's embedding would depend on its
+    place in the batch and on the thread count. Matmul and softmax compute every sequence alike;
+    with one query there is nothing for a fused kernel to save.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.matmul(weights, v)
 
 
 def _split_heads(z: torch.Tensor, heads: int) -> torch.Tensor:
