@@ -1,7 +1,7 @@
 """Running tasks on dask.distributed: a cluster to use, a model per worker, bounded submission.
 
 with connect(scheduler=None, workers=2) as client:
-    report = run_on_cluster(client, request)
+    report = run_on_cluster(client, request)  # or run(request, submit=dask_submitter(client))
 """
 
 from __future__ import annotations
@@ -10,50 +10,49 @@ import contextlib
 import ctypes
 import gc
 from collections import Counter
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import dask
 import torch
-from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed
+from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed, get_worker
 from tqdm import tqdm
 
 from aef_pipeline.environment import available_cores
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.run import (
-    RunReport,
-    RunRequest,
-    Submit,
-    TaskResult,
-    TileTask,
-    attempt_task,
-    fixed_threads,
-    loaded_model,
-    run,
-)
+from aef_pipeline.model import LoadedModel, load_model
+from aef_pipeline.plan import TileTask
+from aef_pipeline.report import RunReport, TaskResult
+from aef_pipeline.run import RunRequest, Submit, attempt_task, fixed_threads, run
 
 PLUGIN_NAME = "aef-model"
 
 
 class ModelPlugin(WorkerPlugin):
-    """Builds the model once when a worker starts, so no task waits for it or ships it."""
+    """Builds the model once when a worker starts and holds it for the worker's tasks, so no task
+    waits for it or ships it (registering the plugin again, for another model, replaces it)."""
 
     name = PLUGIN_NAME
 
     def __init__(self, model: str) -> None:
-        self.model = model
+        self.model_name = model
+        self.model: LoadedModel | None = None
 
     def setup(self, worker: Any) -> None:
-        loaded_model(self.model)
+        self.model = load_model(self.model_name)
 
 
-def run_on_cluster(client: Client, request: RunRequest, progress: bool = True) -> RunReport:
+Submitter = Callable[[Client], Submit]
+"""Makes the submitter of a run on a cluster (default: dask_submitter); the CLI's seam for tests."""
+
+
+def run_on_cluster(client: Client, request: RunRequest, submitter: Submitter | None = None) -> RunReport:
     """`run(request)` with its tasks on the client's workers; torch threads per task decided here
     from the workers' cores unless the request fixes them (`--threads`)."""
     request = fixed_threads(request, threads_per_worker(client))
-    return run(request, submit=dask_submitter(client, request, progress=progress))
+    return run(request, submit=(submitter or dask_submitter)(client))
 
 
 def threads_per_worker(client: Client) -> int:
@@ -103,27 +102,27 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0) -> Ite
         dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}),
         LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", resources=resources
-        ) as cluster,  # fmt: skip
+        ) as cluster,
         Client(cluster) as client,
     ):
         yield client
 
 
-def dask_submitter(
-    client: Client, request: RunRequest, max_in_flight: int | None = None, progress: bool = True
-) -> Submit:
+def dask_submitter(client: Client, max_in_flight: int | None = None, progress: bool = True) -> Submit:
     """Submit one future per task with an explicit key, at most `max_in_flight` at a time (default:
     two per worker), and yield results as they complete, with a progress bar in pixels. Closing
-    the generator early (the run stopped) cancels the tasks still queued or running."""
+    the generator early (the run stopped) cancels the tasks still queued or running. The workers
+    build the request's model once each (ModelPlugin) before its first task."""
     workers = client.scheduler_info().get("workers", {})
-    client.register_plugin(ModelPlugin(request.model))
     limit = max_in_flight or 2 * max(1, len(workers))
     gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
 
-    def submit(tasks: list[TileTask]) -> Generator[TaskResult, None, None]:
+    def submit(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResult, None, None]:
+        client.register_plugin(ModelPlugin(request.model))
         pending = list(reversed(tasks))
-        bar = tqdm(total=sum(t.pixels for t in tasks), unit="px", unit_scale=True, disable=not progress,
-                   desc="embedding")  # fmt: skip
+        bar = tqdm(
+            total=sum(t.pixels for t in tasks), unit="px", unit_scale=True, disable=not progress, desc="embedding"
+        )
         if progress and client.dashboard_link:
             bar.write(f"dask dashboard: {client.dashboard_link}")
         in_flight = {_submit(client, pending.pop(), request, gpu) for _ in range(min(limit, len(pending)))}
@@ -151,9 +150,12 @@ def _submit(client: Client, task: TileTask, request: RunRequest, gpu: bool) -> F
 
 
 def safe_process_task(task: TileTask, request: RunRequest) -> TaskResult:
-    """The task on a worker, in the request's environment; failures recorded, not raised."""
+    """The task on a worker, with the worker's model; failures recorded, not raised."""
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    assert isinstance(plugin, ModelPlugin), "dask_submitter registers ModelPlugin on every worker"
+    assert plugin.model is not None, "ModelPlugin.setup builds the model"
     try:
-        return attempt_task(task, request)
+        return attempt_task(task, request, plugin.model)
     finally:
         _release_free_memory()
 

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 import torch
@@ -43,6 +44,9 @@ class TaskEnvironment:
     """Threads reading a task's lazy cube (GDAL range requests and decoding)."""
     gdal: GdalOptions = field(default_factory=GdalOptions)
     """GDAL settings for reading COGs; odc-stac ships them with each read."""
+    reader: Any = None
+    """An odc-stac reader driver (None: its rasterio reader); tests inject a failing or slow one
+    (aef_pipeline.testing.readers). Must pickle, to reach dask workers."""
 
 
 def available_cores() -> int:

@@ -19,3 +19,8 @@ class StorageFullError(AefError):
     """The output's disk or quota filled up during a run. Every tile-period the store records is
     complete; the command line prints one line and exits with status 1, and rerunning the same
     command once there is space finishes the rest."""
+
+
+class TileUnreadableError(AefError):
+    """Scenes were found for a tile-period but none of their pixels could be read: nothing was
+    written for it, and rerunning retries it."""

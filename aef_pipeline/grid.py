@@ -18,6 +18,8 @@ from odc.geo.gridspec import GridSpec
 from aef_pipeline.errors import UserInputError
 
 RESOLUTION_M = 10
+# Dimensions of every embedding: the published product's 64 bands A00..A63.
+EMBEDDING_DIM = 64
 # 1920 px = 19.2 km: a whole number of the encoder's 96 px window cores and 128 px windows.
 TILE_PIXELS = 1920
 # Pixels read around a tile so windows at its edge see their full spatial context: the paper's
@@ -71,6 +73,12 @@ class BBox:
     def __post_init__(self) -> None:
         _check_bbox(self)
 
+    def spans(self) -> list[tuple[float, float]]:
+        """(west, east) longitude spans without a wrap: two for a bbox across the antimeridian."""
+        if self.crosses_antimeridian:
+            return [(self.west, 180.0), (-180.0, self.east)]
+        return [(self.west, self.east)]
+
 
 def utm_zone(lon: float) -> int:
     """The standard UTM zone (1-60) of a longitude; 180 E belongs to zone 60."""
@@ -103,9 +111,8 @@ def tiles_for_bbox(bbox: BBox) -> list[TileId]:
 
 def _zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
     """The bbox cut at UTM zone edges (every 6 degrees) and at the equator."""
-    spans = [(bbox.west, 180.0), (-180.0, bbox.east)] if bbox.crosses_antimeridian else [(bbox.west, bbox.east)]
     parts = []
-    for west, east in spans:
+    for west, east in bbox.spans():
         first, last = utm_zone(west), utm_zone(min(east, 179.999999))
         for zone in range(first, last + 1):
             lo, hi = max(west, -180.0 + 6 * (zone - 1)), min(east, -180.0 + 6 * zone)
@@ -120,8 +127,12 @@ def _zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
 
 def _check_bbox(bbox: BBox) -> None:
     values = f"{bbox.west} {bbox.south} {bbox.east} {bbox.north}"
-    for name, value, limit in (("west", bbox.west, 180), ("east", bbox.east, 180), ("south", bbox.south, 90),
-                               ("north", bbox.north, 90)):  # fmt: skip
+    for name, value, limit in (
+        ("west", bbox.west, 180),
+        ("east", bbox.east, 180),
+        ("south", bbox.south, 90),
+        ("north", bbox.north, 90),
+    ):
         if not -limit <= value <= limit:
             raise UserInputError(f"bbox {values}: {name} {value} is outside -{limit}..{limit}; give W S E N in degrees")
     if bbox.south >= bbox.north:

@@ -87,6 +87,7 @@ def load_selection(
     gdal: GdalOptions = GdalOptions(),
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     sign_url: Callable[[str], str] | None = None,
+    reader: Any = None,
 ) -> xr.Dataset:
     """A Dataset with one variable per band name (plus SCL), dims (time, y, x) on exactly `geobox`.
 
@@ -95,7 +96,11 @@ def load_selection(
     each chunk is read once). Unreadable assets are skipped (odc-stac `fail_on_error=False`) and
     reported by `report_read_failures`. `sign_url` rewrites asset URLs just before reading
     (Planetary Computer SAS tokens expire, so they are signed at read time, not at search time);
-    the default signs when the `planetary-computer` package is installed.
+    the default signs when the `planetary-computer` package is installed. `reader` is an odc-stac
+    reader driver (`odc.loader.types.ReaderDriver`; None: odc-stac's rasterio reader): the seam
+    through which tests put a failing or slow reader under a real run (aef_pipeline.testing.readers).
+    Log records of the reads carry asset URLs: read inside `environment.applied` (every task does),
+    which redacts signed-URL tokens from them.
 
     The 20 m bands are read on the 20 m grid that shares the geobox's edges, where odc-stac copies
     pixels without warping (Sentinel-2 tiles lie on that lattice), and brought to 10 m here: SCL by
@@ -114,9 +119,16 @@ def load_selection(
     coarse = [name for name in names if on_lattice and _native_resolution(name) == 20]
     fine = [name for name in names if name not in coarse]
     load = partial(
-        odc.stac.load, items, groupby="id", preserve_original_order=True, resampling={"*": "bilinear", SCL: "nearest"},
-        fail_on_error=False, stac_cfg=_STAC_CFG, patch_url=sign_url or default_url_signer(),
-    )  # fmt: skip
+        odc.stac.load,
+        items,
+        groupby="id",
+        preserve_original_order=True,
+        resampling={"*": "bilinear", SCL: "nearest"},
+        fail_on_error=False,
+        stac_cfg=_STAC_CFG,
+        patch_url=sign_url or default_url_signer(),
+        driver=reader,
+    )
     parts = []
     with rasterio.Env(**gdal.env()):
         if fine:
@@ -147,10 +159,13 @@ def _on_lattice(geobox: GeoBox, factor: int) -> bool:
     step = abs(affine.a) * factor
     height, width = geobox.shape
     return (
-        affine.b == 0 and affine.d == 0 and height % factor == 0 and width % factor == 0
+        affine.b == 0
+        and affine.d == 0
+        and height % factor == 0
+        and width % factor == 0
         and math.isclose(affine.c / step, round(affine.c / step), abs_tol=1e-6)
         and math.isclose(affine.f / step, round(affine.f / step), abs_tol=1e-6)
-    )  # fmt: skip
+    )
 
 
 def _upsampled(load: Callable[..., xr.Dataset], names: list[str], geobox: GeoBox, rows: int, lazy: bool) -> xr.Dataset:

@@ -38,8 +38,12 @@ def lock_path(store: Path) -> Path:
 def store_lock(store: Path, stale_after_s: float = STALE_AFTER_S) -> Iterator[Path]:
     """Hold the store's lock for the block; refuse (StoreLockedError) while a live run holds it."""
     path = lock_path(store)
-    mine = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    mine = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": uuid.uuid4().hex,
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     _acquire(path, mine, stale_after_s)
     stop = threading.Event()
     refresher = threading.Thread(target=_refresh, args=(path, mine["token"], stop), daemon=True)

@@ -1,16 +1,33 @@
-"""Periods of time the pipeline summarises; the pure half of planning (tiles live in grid.py)."""
+"""Stage 1, pure: what a request needs. Periods, the (tile window, period) tasks on the global grid,
+and a printable `Plan` of their cost (`aef-pipeline plan`). No network and no pixels: the scenes a
+plan counts are found by the caller (run.dry_run) and handed in.
+
+    tasks = plan_tasks(BBox(15.0, 46.1, 15.3, 46.3), (Period.year(2022),), spec)
+
+Each task covers the part of one tile the bbox needs, rounded out to whole window cores (a 1 km^2
+request computes a few windows, not a 20 km tile), so windows, and therefore embeddings, do not
+depend on the bbox.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 
-from aef_pipeline.errors import UserInputError
+import numpy as np
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import box
 
-# Sentinel-2A's first images: nothing to search before this.
-SENTINEL2_START = dt.datetime(2015, 6, 23, tzinfo=dt.UTC)
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
+
 # The years the product covers (annual layers, as the published embeddings).
 PRODUCT_YEARS = (2017, 2024)
+# Throughputs for a plan's time estimate: what the 2-core build machine achieved with `paper`
+# (docs/performance.md), and 40 % of an H100's bf16 dense peak (the encoder's target).
+CPU_FLOPS = 8e10
+GPU_FLOPS = 4e14
 
 
 @dataclass(frozen=True, order=True)
@@ -94,3 +111,150 @@ def parse_periods(years: str | None, periods: list[str]) -> tuple[Period, ...]:
 def _utc_date(text: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(text.strip())
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+Window = tuple[int, int, int, int]
+"""(row0, row1, col0, col1) pixels within a tile."""
+
+
+@dataclass(frozen=True)
+class TileTask:
+    """One unit of work: the window of a tile that a bbox needs, for one period."""
+
+    tile: TileId
+    period: Period
+    window: Window
+
+    @property
+    def key(self) -> str:
+        """The dask key: explicit, because a task writes (it is not pure)."""
+        r0, r1, c0, c1 = self.window
+        return f"aef-{self.tile}-{self.period.label}-{r0}-{r1}-{c0}-{c1}"
+
+    @property
+    def pixels(self) -> int:
+        r0, r1, c0, c1 = self.window
+        return (r1 - r0) * (c1 - c0)
+
+    def geobox(self) -> GeoBox:
+        r0, r1, c0, c1 = self.window
+        return self.tile.geobox[r0:r1, c0:c1]
+
+
+def plan_tasks(bbox: BBox, periods: tuple[Period, ...], core: int) -> list[TileTask]:
+    """Every (tile window, period) the request needs, in a stable order; `core` is the model's
+    window core in pixels (windows are rounded out to whole cores)."""
+    tasks = []
+    for tile in tiles_for_bbox(bbox):
+        window = task_window(tile, bbox, core)
+        if window is not None:
+            tasks += [TileTask(tile, period, window) for period in periods]
+    return tasks
+
+
+def task_window(tile: TileId, bbox: BBox, core: int) -> Window | None:
+    """The pixels of `tile` inside the bbox, rounded out to whole window cores (so the windows,
+    and therefore the embeddings, are the same whatever the bbox); None if it misses the tile."""
+    windows = [window for west, east in bbox.spans() if (window := _span_window(tile, bbox, west, east, core))]
+    if not windows:
+        return None
+    rows0, rows1, cols0, cols1 = zip(*windows, strict=True)
+    return min(rows0), max(rows1), min(cols0), max(cols1)
+
+
+def _span_window(tile: TileId, bbox: BBox, west: float, east: float, core: int) -> Window | None:
+    geobox = tile.geobox
+    area = box(west, bbox.south, east, bbox.north, crs="EPSG:4326")
+    projected = area.to_crs(tile.epsg, resolution=RESOLUTION_M * 10).intersection(geobox.extent)
+    if projected.is_empty:
+        return None
+    left, bottom, right, top = projected.boundingbox
+    x0, y0 = geobox.affine.c, geobox.affine.f
+    c0, c1 = (left - x0) / RESOLUTION_M, (right - x0) / RESOLUTION_M
+    r0, r1 = (y0 - top) / RESOLUTION_M, (y0 - bottom) / RESOLUTION_M
+    return _down(r0, core), _up(r1, core), _down(c0, core), _up(c1, core)
+
+
+def _down(value: float, core: int) -> int:
+    return max(0, min(TILE_PIXELS, math.floor(value / core) * core))
+
+
+def _up(value: float, core: int) -> int:
+    return max(0, min(TILE_PIXELS, math.ceil(value / core) * core))
+
+
+@dataclass(frozen=True)
+class TaskCost:
+    """What one task will read and compute."""
+
+    task: TileTask
+    scenes: int
+    """Products the search kept (each read as one frame)."""
+    dropped: int
+    """Products the search dropped (duplicates, unreadable metadata, cloud cover)."""
+    read_bytes: int
+    """uint16 bands and the uint8 SCL of every product, on the window plus its halo."""
+    flops: int
+    """Encoder FLOPs with every product as a frame: an upper bound (fused and empty frames drop)."""
+
+
+def task_cost(
+    task: TileTask, scenes: int, dropped: int, halo: int, bands: int, window_flops: int, core: int
+) -> TaskCost:
+    """The cost of `task` given what its search found; `window_flops` is one window's FLOPs with
+    `scenes` frames (model.flops.flops_per_window)."""
+    rows, cols = task.geobox().pad(halo).shape
+    read = scenes * rows * cols * (2 * bands + 1)
+    return TaskCost(task, scenes, dropped, read, window_flops * task.pixels // core**2)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dry run's answer: every task with its cost, and the totals a user decides on."""
+
+    costs: tuple[TaskCost, ...]
+    model: str
+    storage: str
+    """"int8", "float16" or "float32": sets the bytes written per pixel."""
+    output_dim: int = 64
+
+    @property
+    def pixels(self) -> int:
+        return sum(cost.task.pixels for cost in self.costs)
+
+    @property
+    def read_bytes(self) -> int:
+        return sum(cost.read_bytes for cost in self.costs)
+
+    @property
+    def flops(self) -> int:
+        return sum(cost.flops for cost in self.costs)
+
+    @property
+    def store_bytes(self) -> int:
+        """The free space a run needs: the embedding at the storage's width plus the int16
+        observation count per pixel, before compression (which barely shrinks embeddings)."""
+        return self.pixels * (self.output_dim * np.dtype(self.storage).itemsize + 2)
+
+    def lines(self) -> list[str]:
+        """The plan as `aef-pipeline plan` prints it: one line per task, then the totals."""
+        per_task = [
+            f"{c.task.tile} {c.task.period.label} window {c.task.window}: {c.task.pixels:,} px, "
+            f"{c.scenes} scenes ({c.dropped} dropped), ~{c.read_bytes / 1e6:.0f} MB to read"
+            for c in self.costs
+        ]
+        return [
+            *per_task,
+            f"{len(self.costs)} tasks, {self.pixels:,} px, ~{self.read_bytes / 1e9:.2f} GB to read, "
+            f"~{self.store_bytes / 1e9:.2f} GB to write ({self.storage}), model {self.model}",
+            f"encoding: at most {self.flops:.2e} FLOP, ~{_duration(self.flops / CPU_FLOPS)} on a CPU at "
+            f"{CPU_FLOPS / 1e9:.0f} GFLOP/s, ~{_duration(self.flops / GPU_FLOPS)} on a GPU at "
+            f"{GPU_FLOPS / 1e12:.0f} TFLOP/s (docs/performance.md)",
+        ]
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"

@@ -30,9 +30,15 @@ class MaskPolicy:
     """Which scene classes count as a clear observation of the ground."""
 
     invalid_scl: frozenset[int] = frozenset(
-        {s2.SCL_NODATA, s2.SCL_SATURATED, s2.SCL_CLOUD_SHADOW, s2.SCL_CLOUD_MEDIUM, s2.SCL_CLOUD_HIGH,
-         s2.SCL_THIN_CIRRUS}
-    )  # fmt: skip
+        {
+            s2.SCL_NODATA,
+            s2.SCL_SATURATED,
+            s2.SCL_CLOUD_SHADOW,
+            s2.SCL_CLOUD_MEDIUM,
+            s2.SCL_CLOUD_HIGH,
+            s2.SCL_THIN_CIRRUS,
+        }
+    )
     """Nodata, saturated, cloud shadow, clouds and cirrus. Snow, water, dark and unclassified
     pixels stay valid: they are what the ground looked like."""
 

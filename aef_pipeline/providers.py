@@ -33,6 +33,19 @@ class ItemMetadataError(UserInputError):
 
 
 @dataclass(frozen=True)
+class SkippedItem:
+    """A product found but not loaded, and why: `describe_item` gives one for an item the pipeline
+    cannot read correctly, the search for a cloudy product or a duplicate. The run report lists
+    them, so a tile with fewer scenes than its catalog holds says which and why."""
+
+    item_id: str
+    reason: str
+    """One line, e.g. "no asset for band B11 (looked for B11 or swir16)"."""
+    kept: str | None = None
+    """The product kept in its place, for duplicates."""
+
+
+@dataclass(frozen=True)
 class SceneInfo:
     """One Sentinel-2 L2A product, described in the pipeline's own terms."""
 
@@ -55,18 +68,21 @@ class SceneInfo:
     """From a collection-1 (`*-c1-l2a`) collection."""
 
 
-def describe_item(item: pystac.Item, bands: Sequence[str]) -> SceneInfo | str:
-    """The item's SceneInfo, or a one-line reason why it cannot be used (for a skip record).
+def describe_item(item: pystac.Item, bands: Sequence[str]) -> SceneInfo | SkippedItem:
+    """The item's SceneInfo, or the record of why it cannot be used: one product is left out and
+    the search goes on (a band missing, or no way to tell the 04.00 offset).
 
     Raises ItemMetadataError for an item without a CRS: that is a broken catalog, not a bad scene.
     """
     props = item.properties
     keys = resolve_asset_keys(item, [*bands, SCL])
-    if isinstance(keys, str):
+    if isinstance(keys, SkippedItem):
         return keys
     offset = resolve_dn_offset(item)
     if offset is None:
-        return "no s2:processing_baseline and no raster:bands offset: cannot tell whether DNs carry +1000"
+        return SkippedItem(
+            item.id, "no s2:processing_baseline and no raster:bands offset: cannot tell whether DNs carry +1000"
+        )
     return SceneInfo(
         item_id=item.id,
         asset_keys=keys,
@@ -81,14 +97,15 @@ def describe_item(item: pystac.Item, bands: Sequence[str]) -> SceneInfo | str:
     )
 
 
-def resolve_asset_keys(item: pystac.Item, names: Sequence[str]) -> dict[str, str] | str:
-    """ESA band names -> asset keys: Planetary Computer uses "B04"/"SCL", Earth Search "red"/"scl"."""
+def resolve_asset_keys(item: pystac.Item, names: Sequence[str]) -> dict[str, str] | SkippedItem:
+    """ESA band names -> asset keys: Planetary Computer uses "B04"/"SCL", Earth Search "red"/"scl".
+    An item lacking one of them is skipped, naming the first missing band and the keys looked for."""
     found: dict[str, str] = {}
     for name in names:
         candidates = (name, name.lower()) if name == SCL else (name, s2.BAND_BY_NAME[name].earth_search_key)
         key = next((key for key in candidates if key in item.assets), None)
         if key is None:
-            return f"no asset for band {name} (looked for {' or '.join(candidates)})"
+            return SkippedItem(item.id, f"no asset for band {name} (looked for {' or '.join(candidates)})")
         found[name] = key
     return found
 

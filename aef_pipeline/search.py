@@ -29,7 +29,7 @@ from urllib3 import Retry
 
 from aef_pipeline.errors import AefWarning, UserInputError
 from aef_pipeline.plan import Period
-from aef_pipeline.providers import ItemSkippedWarning, SceneInfo, baseline_order, describe_item
+from aef_pipeline.providers import ItemSkippedWarning, SceneInfo, SkippedItem, baseline_order, describe_item
 
 DEFAULT_CATALOG = "https://earth-search.aws.element84.com/v1"
 DEFAULT_COLLECTION = "sentinel-2-c1-l2a"
@@ -52,7 +52,8 @@ class MixedCollectionsError(UserInputError):
 
 
 class NoScenesWarning(AefWarning):
-    """No usable product covers a tile in a period: the tile gets an empty record, not embeddings."""
+    """No usable product covers a tile in a period: the tile gets an empty record, not embeddings.
+    The message names the tile (or, without its name, the area's lon/lat bounds) and the period."""
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,6 @@ class CatalogConfig:
             raise UserInputError(f"page size {self.page_size} is outside 1..{MAX_PAGE_SIZE}: choose a smaller page")
         if not self.collections:
             raise UserInputError("no collection given: name at least one, e.g. sentinel-2-c1-l2a")
-
-
-@dataclass(frozen=True)
-class SkippedItem:
-    """A product found but not loaded, for the run report."""
-
-    item_id: str
-    reason: str
-    kept: str | None = None
-    """The product kept in its place, for duplicates."""
 
 
 @dataclass(frozen=True)
@@ -130,23 +121,33 @@ def _open_source_cached(config: CatalogConfig) -> SceneSource:
             warnings.simplefilter("ignore", FallbackToPystac)
             source = StaticCatalogSource(client, config)
     sampled = [describe_item(item, ()) for item in source.sample()]
-    _refuse_mixed_earth_search([info for info in sampled if not isinstance(info, str)], config)
+    _refuse_mixed_earth_search([info for info in sampled if isinstance(info, SceneInfo)], config)
     return source
 
 
 def search_tile(
-    source: SceneSource, geobox: GeoBox, period: Period, bands: Sequence[str], max_cloud_cover: float | None = None
+    source: SceneSource,
+    geobox: GeoBox,
+    period: Period,
+    bands: Sequence[str],
+    max_cloud_cover: float | None = None,
+    *,
+    tile: str | None = None,
 ) -> SceneSelection:
     """The products to load onto `geobox` (a tile plus halo) for `period`, de-duplicated.
 
     `max_cloud_cover` drops products whose `eo:cloud_cover` exceeds that percentage, here rather
     than on the server, which may not support the query extension. None keeps all: the encoder
     masks clouds per pixel, so a cloudy product still adds its clear pixels.
+
+    `tile` ("33N_c026_r0266") only names the area in the NoScenesWarning; without it the warning
+    gives the area's lon/lat bounds, which a user can map but not look up in the store.
     """
     if max_cloud_cover is not None and not 0 <= max_cloud_cover <= 100:
         raise UserInputError(f"max cloud cover {max_cloud_cover} is not a percentage: give 0..100")
     area = geobox.extent.to_crs("EPSG:4326", resolution=geobox.resolution.x * 20, wrapdateline=True)
-    found = [item for item in source.find(_bboxes(area), period) if _meets(item, area)]
+    bboxes = _bboxes(area)
+    found = [item for item in source.find(bboxes, period) if _meets(item, area)]
     usable, skipped = _describe(found, bands, max_cloud_cover)
     _refuse_mixed_earth_search([info for _, info in usable], None)
     kept, duplicates = drop_duplicates(usable)
@@ -154,9 +155,9 @@ def search_tile(
         tuple(item for item, _ in kept), tuple(info for _, info in kept), tuple(skipped + duplicates)
     )
     if selection.empty:
+        where = f"tile {tile}" if tile else _lon_lat_bounds(bboxes)
         warnings.warn(
-            f"no usable Sentinel-2 product for the area in {period.label} ({len(found)} found, "
-            f"{len(skipped)} unusable)",
+            f"no usable Sentinel-2 product for {where} in {period.label} ({len(found)} found, {len(skipped)} unusable)",
             NoScenesWarning,
             stacklevel=2,
         )
@@ -199,9 +200,9 @@ def _describe(
             skipped.append(SkippedItem(item.id, f"eo:cloud_cover {float(cloud):.1f} > {max_cloud_cover:g}"))
             continue
         info = describe_item(item, bands)
-        if isinstance(info, str):
-            warnings.warn(f"item {item.id} skipped: {info}", ItemSkippedWarning, stacklevel=3)
-            skipped.append(SkippedItem(item.id, info))
+        if isinstance(info, SkippedItem):
+            warnings.warn(f"item {item.id} skipped: {info.reason}", ItemSkippedWarning, stacklevel=3)
+            skipped.append(info)
         else:
             usable.append((item, info))
     return usable, skipped
@@ -211,6 +212,12 @@ def _bboxes(area: Geometry) -> list[tuple[float, float, float, float]]:
     """Lon/lat boxes of the area: two where it crosses the antimeridian (odc-geo splits it)."""
     parts = list(area.geoms) if area.geom_type.startswith("Multi") else [area]
     return [(b.left, b.bottom, b.right, b.top) for b in (part.boundingbox for part in parts)]
+
+
+def _lon_lat_bounds(bboxes: Sequence[tuple[float, float, float, float]]) -> str:
+    """ "the area lon 12.3010..12.4020, lat 45.1010..45.2020" (two boxes across the antimeridian)."""
+    boxes = [f"lon {west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f}" for west, south, east, north in bboxes]
+    return "the area " + " and ".join(boxes)
 
 
 def _meets(item: pystac.Item, area: Geometry) -> bool:

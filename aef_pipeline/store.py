@@ -34,11 +34,11 @@ import zarr
 
 from aef_pipeline import __version__
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, TileId, utm_epsg
+from aef_pipeline.grid import EMBEDDING_DIM, RESOLUTION_M, TILE_PIXELS, TileId, utm_epsg
 from aef_pipeline.plan import Period
 
 NODATA_INT8 = -128
-BANDS = tuple(f"A{i:02d}" for i in range(64))
+BANDS = tuple(f"A{i:02d}" for i in range(EMBEDDING_DIM))
 # Inner chunk: 128 x 128 px x 64 bands = 1 MiB of int8. A pixel's whole vector sits in one chunk
 # (per-pixel reads touch one chunk per year), and an area read of a 1.28 km window is one chunk.
 # 15 x 15 of them make a 1920 px shard (one work tile).
@@ -133,8 +133,9 @@ def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, reco
             "observations": (("time", "y", "x"), observations[None]),
         }
     )
-    data.to_zarr(path, group=zone, region={"time": slice(index, index + 1), "y": rows, "x": cols}, mode="r+",
-                 consolidated=False)  # fmt: skip
+    data.to_zarr(
+        path, group=zone, region={"time": slice(index, index + 1), "y": rows, "x": cols}, mode="r+", consolidated=False
+    )
     _write_record(path, tile, period, index, attrs, {**record, "sha256": shard_digest(values, observations)}, window)
 
 
@@ -153,17 +154,25 @@ def field_window(field: xr.Dataset, tile: TileId) -> tuple[int, int, int, int]:
     row0 = int(np.searchsorted(-ys, -field.y.values[0]))
     row1, col1 = row0 + field.sizes["y"], col0 + field.sizes["x"]
     if not (
-        row1 <= TILE_PIXELS and col1 <= TILE_PIXELS
-        and np.allclose(field.x.values, xs[col0:col1]) and np.allclose(field.y.values, ys[row0:row1])
-    ):  # fmt: skip
+        row1 <= TILE_PIXELS
+        and col1 <= TILE_PIXELS
+        and np.allclose(field.x.values, xs[col0:col1])
+        and np.allclose(field.y.values, ys[row0:row1])
+    ):
         raise ValueError(f"the field is not a window of tile {tile}'s grid")
     return row0, row1, col0, col1
 
 
 def _merge_into_shard(
-    path: Path, zone: str, index: int, rows: slice, cols: slice, window: tuple[int, int, int, int],
-    values: np.ndarray, observations: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    path: Path,
+    zone: str,
+    index: int,
+    rows: slice,
+    cols: slice,
+    window: tuple[int, int, int, int],
+    values: np.ndarray,
+    observations: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     r0, r1, c0, c1 = window
     shard = np.asarray(zarr.open_array(str(path / zone / "embedding"), mode="r")[index, rows, cols, :])
     counts = np.asarray(zarr.open_array(str(path / zone / "observations"), mode="r")[index, rows, cols])
@@ -174,13 +183,23 @@ def _merge_into_shard(
 
 
 def _write_record(
-    path: Path, tile: TileId, period: Period, index: int, attrs: Mapping[str, Any], record: Mapping[str, Any],
+    path: Path,
+    tile: TileId,
+    period: Period,
+    index: int,
+    attrs: Mapping[str, Any],
+    record: Mapping[str, Any],
     window: tuple[int, int, int, int],
-) -> None:  # fmt: skip
+) -> None:
     earlier = json.loads(_record_at(path, tile, index, attrs["aef:tiles"]) or "{}")
     areas = [*earlier.get("areas", []), list(window)]
-    full = {"tile": str(tile), "period": period.label, **record, "areas": areas,
-            "written": dt.datetime.now(dt.UTC).isoformat()}  # fmt: skip
+    full = {
+        "tile": str(tile),
+        "period": period.label,
+        **record,
+        "areas": areas,
+        "written": dt.datetime.now(dt.UTC).isoformat(),
+    }
     text = np.array([[[json.dumps(full, default=str)]]], dtype=object)
     region = {"time": slice(index, index + 1), **tile_index(tile, attrs["aef:tiles"])}
     xr.Dataset({"tile_record": (("time", "tile_row", "tile_col"), text)}).to_zarr(
@@ -302,8 +321,12 @@ def _by_zone(tiles: Iterable[TileId]) -> dict[str, list[TileId]]:
 
 
 def _extent(tiles: Sequence[TileId]) -> dict[str, int]:
-    return {"col_min": min(t.col for t in tiles), "col_max": max(t.col for t in tiles),
-            "row_min": min(t.row for t in tiles), "row_max": max(t.row for t in tiles)}  # fmt: skip
+    return {
+        "col_min": min(t.col for t in tiles),
+        "col_max": max(t.col for t in tiles),
+        "row_min": min(t.row for t in tiles),
+        "row_max": max(t.row for t in tiles),
+    }
 
 
 def _template(

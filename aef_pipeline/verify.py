@@ -91,8 +91,10 @@ def _check(text: str, tile: TileId, attrs: dict[str, Any], values: np.ndarray, c
     if (observed & ~written).any():
         problems.append(f"{int((observed & ~written).sum())} px observed outside the areas the record lists")
     if (observed & nodata).any() or (~observed & ~nodata).any():
-        problems.append(f"{int((observed & nodata).sum())} observed px are nodata and "
-                        f"{int((~observed & ~nodata).sum())} unobserved px hold values")  # fmt: skip
+        problems.append(
+            f"{int((observed & nodata).sum())} observed px are nodata and "
+            f"{int((~observed & ~nodata).sum())} unobserved px hold values"
+        )
     if (partly & ~nodata).any():
         problems.append(f"{int((partly & ~nodata).sum())} px have some bands nodata and others not")
     vectors = values[observed & ~partly]
@@ -100,6 +102,8 @@ def _check(text: str, tile: TileId, attrs: dict[str, Any], values: np.ndarray, c
         floats = dequantise(vectors) if storage == "int8" else vectors.astype(np.float32)
         error = np.abs(np.linalg.norm(floats, axis=-1) - 1)
         if error.max() > NORM_TOLERANCE[storage]:
-            problems.append(f"{int((error > NORM_TOLERANCE[storage]).sum())} px are not unit vectors "
-                            f"(norm off by up to {error.max():.3f})")  # fmt: skip
+            problems.append(
+                f"{int((error > NORM_TOLERANCE[storage]).sum())} px are not unit vectors "
+                f"(norm off by up to {error.max():.3f})"
+            )
     return problems

@@ -1,6 +1,6 @@
 """The benchmark suite: every figure of docs/performance.md, measured in one run, with its target.
 
-    python -m benchmarks [--device cpu|cuda|auto] [--json benchmarks.json] [--quick]
+    python -m benchmarks [--device cpu|cuda|auto] [--specs tiny,paper] [--json benchmarks.json]
 
 Data: the cached benchmark test bed (benchmarks/data.py: 2,052 x 2,052 px, 42 products of 2022;
 built on first use in about 1.5 minutes on 2 cores). Model `tiny` runs the pipeline figures;
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from aef_pipeline.encode import required_halo, resolve_device
 from aef_pipeline.model import load_spec
-from aef_pipeline.plan import Period
-from aef_pipeline.run import RunRequest, TileTask, plan_tasks
+from aef_pipeline.plan import Period, TileTask, plan_tasks
+from aef_pipeline.run import RunRequest
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
 from aef_pipeline.testing import serve_catalogs
 from benchmarks.cost import cost_figure
@@ -46,15 +46,23 @@ def main() -> None:
     device = str(resolve_device(args.device))
     info, started = machine(), time.perf_counter()
     catalog, built = bench_catalog()
-    print(f"test bed: {len(catalog.items)} products, {'built' if built else 'cached'} in "
-          f"{time.perf_counter() - started:.0f} s ({catalog.root})")  # fmt: skip
+    print(
+        f"test bed: {len(catalog.items)} products, {'built' if built else 'cached'} in "
+        f"{time.perf_counter() - started:.0f} s ({catalog.root})"
+    )
     figures: list[Figure] = []
     period = Period.year(YEAR)
     with tempfile.TemporaryDirectory(prefix="aef-bench-") as tmp, serve_catalogs([catalog], Path(tmp) / "api") as url:
         workdir = Path(tmp)
-        request = RunRequest(quadrant_bbox(QUADRANT_M, 1), (period,), workdir / "field.zarr", CatalogConfig(url),
-                             model="tiny", device=device)  # fmt: skip
-        (task,) = plan_tasks(request.bbox, request.periods, load_spec("tiny"))
+        request = RunRequest(
+            quadrant_bbox(QUADRANT_M, 1),
+            (period,),
+            workdir / "field.zarr",
+            CatalogConfig(url),
+            model="tiny",
+            device=device,
+        )
+        (task,) = plan_tasks(request.bbox, request.periods, load_spec("tiny").core)
         figures += _data_path_figures(task, request, workdir)
         for name in args.specs.split(","):
             encoder = _encoder_figure(task, request, name, device)
@@ -75,8 +83,7 @@ def _data_path_figures(task: TileTask, request: RunRequest, workdir: Path) -> li
     print(f"[2] loader efficiency {loader.value:.2f}")
     pipeline = pipeline_efficiency(task, request, workdir)
     print(f"[4] pipeline efficiency {pipeline.value:.2f} ({pipeline.note})")
-    amplification = read_amplification(task, dataclasses.replace(request, output=workdir / "amp.zarr"),
-                                       selection, halo)  # fmt: skip
+    amplification = read_amplification(task, dataclasses.replace(request, output=workdir / "amp.zarr"), selection, halo)
     print(f"[3] read amplification {amplification.value:.3f}")
     return [loader, amplification, pipeline]
 

@@ -22,9 +22,12 @@ def cost_figure(encoder: Figure) -> Figure:
     hours = LAND_PIXELS / encoder.value / 3600
     unit = "GPU" if str(details["device"]).startswith("cuda") else "machine"
     return Figure(
-        7, f"global layer, {details['spec']} on {details['device']}: km^2 per {unit}-hour", per_hour, "km^2/h",
+        7,
+        f"global layer, {details['spec']} on {details['device']}: km^2 per {unit}-hour",
+        per_hour,
+        "km^2/h",
         sizes=f"{details['frames']} frames per year",
         note=f"{hours:,.0f} {unit}-hours for 1.4e12 px; TESSERA {TESSERA_KM2_PER_GPU_HOUR:,.0f} km^2/GPU-h "
-             f"-> ratio {per_hour / TESSERA_KM2_PER_GPU_HOUR:.3g}",
+        f"-> ratio {per_hour / TESSERA_KM2_PER_GPU_HOUR:.3g}",
         details={"hours": hours, "km2_per_hour": per_hour, "tessera_ratio": per_hour / TESSERA_KM2_PER_GPU_HOUR},
-    )  # fmt: skip
+    )

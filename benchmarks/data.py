@@ -50,8 +50,9 @@ def bench_catalog(processes: int = 2) -> tuple[SyntheticCatalog, bool]:
     if index.exists():
         items = tuple(json.loads(index.read_text()))
         scenes = plan_scenes(spec, FLAVORS[FLAVOR].reprocessed_archive, FLAVORS[FLAVOR].removes_offset)
-        catalog = SyntheticCatalog(root, FLAVORS[FLAVOR], spec, make_collection(FLAVORS[FLAVOR], list(items)),
-                                   items, tuple(scenes))  # fmt: skip
+        catalog = SyntheticCatalog(
+            root, FLAVORS[FLAVOR], spec, make_collection(FLAVORS[FLAVOR], list(items)), items, tuple(scenes)
+        )
         return catalog, False
     catalog = build_catalog(root, FLAVOR, spec, processes=processes)
     index.write_text(json.dumps(list(catalog.items)))  # written last: its presence means complete

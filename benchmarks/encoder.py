@@ -67,9 +67,13 @@ def _site_cube(
 
 
 def _report(
-    cube: xr.Dataset, area: GeoBox, spec: ModelSpec, built: tuple[STPEncoder, Provenance], options: EncodeOptions,
+    cube: xr.Dataset,
+    area: GeoBox,
+    spec: ModelSpec,
+    built: tuple[STPEncoder, Provenance],
+    options: EncodeOptions,
     year: int,
-) -> None:  # fmt: skip
+) -> None:
     frames = cube.sizes["time"]
     start = time.perf_counter()
     field = encode_cube(cube, Period.year(year), built[0], spec, options, provenance=built[1])

@@ -25,8 +25,9 @@ from benchmarks.report import Figure
 BF16_PEAK_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12))
 
 
-def encoder_rate(cube: xr.Dataset, area: GeoBox, spec_name: str, device: str, batch_sizes: tuple[int, ...],
-                 period: Period) -> Figure:  # fmt: skip
+def encoder_rate(
+    cube: xr.Dataset, area: GeoBox, spec_name: str, device: str, batch_sizes: tuple[int, ...], period: Period
+) -> Figure:
     spec = load_spec(spec_name)
     model, provenance = build_model(spec)
     frames = cube.sizes["time"]
@@ -43,17 +44,33 @@ def encoder_rate(cube: xr.Dataset, area: GeoBox, spec_name: str, device: str, ba
         encode_cube(cube, period, model, spec, options, provenance=provenance)
         runs[batch] = time.perf_counter() - start
     batch, seconds = min(runs.items(), key=lambda kv: kv[1])
-    details = {"spec": spec.name, "parameters": parameter_count(model), "device": device, "frames": frames,
-               "windows": windows, "pixels": pixels, "seconds": seconds, "batch_size": batch,
-               "seconds_by_batch": runs, "flop_per_pixel": flops / pixels, "flop_per_s": flops / seconds}  # fmt: skip
+    details = {
+        "spec": spec.name,
+        "parameters": parameter_count(model),
+        "device": device,
+        "frames": frames,
+        "windows": windows,
+        "pixels": pixels,
+        "seconds": seconds,
+        "batch_size": batch,
+        "seconds_by_batch": runs,
+        "flop_per_pixel": flops / pixels,
+        "flop_per_s": flops / seconds,
+    }
     note = f"{flops / pixels:.3g} FLOP/px, {flops / seconds / 1e9:.3g} GFLOP/s"
     peak = _peak(device)
     if peak:
         details["mfu"] = flops / seconds / peak
         note += f", MFU {details['mfu']:.1%} of {peak / 1e12:.0f} TFLOP/s bf16"
-    return Figure(1, f"encoder {spec.name} on {device}", pixels / seconds, "px/s",
-                  sizes=f"{area.shape[0]}x{area.shape[1]} px, {frames} frames, {windows} windows, batch {batch}",
-                  note=note, details=details)  # fmt: skip
+    return Figure(
+        1,
+        f"encoder {spec.name} on {device}",
+        pixels / seconds,
+        "px/s",
+        sizes=f"{area.shape[0]}x{area.shape[1]} px, {frames} frames, {windows} windows, batch {batch}",
+        note=note,
+        details=details,
+    )
 
 
 def _peak(device: str) -> float | None:

@@ -33,18 +33,26 @@ from aef_pipeline import sentinel2 as s2
 from aef_pipeline.encode import EncodeOptions
 from aef_pipeline.environment import TaskEnvironment
 from aef_pipeline.load import GdalOptions, canonical_item, load_selection
+from aef_pipeline.model import load_model
+from aef_pipeline.plan import TileTask
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.providers import SCL
-from aef_pipeline.run import RunRequest, TileTask, loaded_model, prepare_store, process_task
+from aef_pipeline.run import RunRequest, layout, process_task
 from aef_pipeline.search import SceneSelection
+from aef_pipeline.store import create_store
 from benchmarks.report import Figure
 
 READ_ROWS = EncodeOptions().read_rows
 READ_THREADS = TaskEnvironment().read_threads  # the pipeline's read settings
 
 
-def loader_efficiency(selection: SceneSelection, load_box: GeoBox, bands: tuple[str, ...], repeats: int = 2,
-                      chunk_rows: int | None = READ_ROWS) -> Figure:  # fmt: skip
+def loader_efficiency(
+    selection: SceneSelection,
+    load_box: GeoBox,
+    bands: tuple[str, ...],
+    repeats: int = 2,
+    chunk_rows: int | None = READ_ROWS,
+) -> Figure:
     jobs = _reference_jobs(selection, load_box, bands)
     pixels = sum(window.width * window.height for _, window in jobs)
     _read_plain(jobs)  # warm the page cache
@@ -60,32 +68,46 @@ def loader_efficiency(selection: SceneSelection, load_box: GeoBox, bands: tuple[
     t_ours_10 = min(_timed(lambda: _load_ours(selection, load_box, ten_m, chunk_rows)) for _ in range(repeats))
     t_plain_10 = min(_timed(lambda: _read_plain(ten_jobs)) for _ in range(repeats))
     return Figure(
-        2, "loader efficiency (our px/s / plain rasterio px/s)", t_plain / t_ours, "", ">= 0.7",
+        2,
+        "loader efficiency (our px/s / plain rasterio px/s)",
+        t_plain / t_ours,
+        "",
+        ">= 0.7",
         sizes=f"{len(selection.items)} products x {len(bands) + 1} assets onto {load_box.shape[0]}x"
-              f"{load_box.shape[1]} px, {READ_THREADS} threads, chunks of {chunk_rows} rows",
+        f"{load_box.shape[1]} px, {READ_THREADS} threads, chunks of {chunk_rows} rows",
         note=f"10 m bands + SCL alone: {t_plain_10 / t_ours_10:.2f}",
-        details={"pixels_read": pixels, "seconds_ours": t_ours, "seconds_plain": t_plain,
-                 "px_per_s_ours": pixels / t_ours, "px_per_s_plain": pixels / t_plain, "chunk_rows": chunk_rows,
-                 "ratio_10m_bands_and_scl": t_plain_10 / t_ours_10},
-    )  # fmt: skip
+        details={
+            "pixels_read": pixels,
+            "seconds_ours": t_ours,
+            "seconds_plain": t_plain,
+            "px_per_s_ours": pixels / t_ours,
+            "px_per_s_plain": pixels / t_plain,
+            "chunk_rows": chunk_rows,
+            "ratio_10m_bands_and_scl": t_plain_10 / t_ours_10,
+        },
+    )
 
 
 def read_amplification(task: TileTask, request: RunRequest, selection: SceneSelection, halo: int) -> Figure:
-    spec, _, provenance = loaded_model(request.model)
-    bands, area = spec.bands, task.geobox()
-    prepare_store(request, spec, provenance, [task])
+    model = load_model(request.model)
+    bands, area = model.spec.bands, task.geobox()
+    create_store(request.output, [task.tile], request.periods, layout(request, model.spec), overwrite=True)
     with _counting_source_pixels() as counted:
-        process_task(task, request)
+        process_task(task, request, model)
     with dask.config.set(scheduler="threads", num_workers=READ_THREADS):  # the frame count, read apart
         loaded = load_selection(selection, area.pad(halo), bands, GdalOptions(), chunk_rows=READ_ROWS)
         frames = preprocess(loaded, selection.scenes, bands, core=area).sizes["time"]
     needed = frames * sum(area.shape[0] * area.shape[1] * (10 / s2.BAND_BY_NAME[b].resolution) ** 2 for b in bands)
     return Figure(
-        3, "read amplification (px read / px written x frames x bands)", counted[0] / needed, "", "<= 1.15",
+        3,
+        "read amplification (px read / px written x frames x bands)",
+        counted[0] / needed,
+        "",
+        "<= 1.15",
         sizes=f"task {area.shape[0]}x{area.shape[1]} px + halo {halo}, {len(selection.items)} products -> "
-              f"{frames} frames x {len(bands)} bands",
+        f"{frames} frames x {len(bands)} bands",
         details={"source_pixels_read": counted[0], "source_pixels_needed": needed, "frames": frames},
-    )  # fmt: skip
+    )
 
 
 def _reference_jobs(selection: SceneSelection, box: GeoBox, bands: tuple[str, ...]) -> list[tuple[str, Window]]:

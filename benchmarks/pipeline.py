@@ -21,10 +21,12 @@ from odc.geo.geobox import GeoBox
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.environment import TaskEnvironment
 from aef_pipeline.load import GdalOptions, load_selection
+from aef_pipeline.model import load_model
+from aef_pipeline.plan import TileTask
 from aef_pipeline.preprocess import preprocess
-from aef_pipeline.run import RunRequest, TileTask, loaded_model, prepare_store, process_task
+from aef_pipeline.run import RunRequest, layout, process_task
 from aef_pipeline.search import SceneSelection, open_source, search_tile
-from aef_pipeline.store import write_tile
+from aef_pipeline.store import create_store, write_tile
 from benchmarks.report import Figure
 
 # The pipeline's read settings (a task's default environment).
@@ -41,7 +43,8 @@ def task_cube(selection: SceneSelection, area: GeoBox, halo: int, bands: tuple[s
 
 
 def pipeline_efficiency(task: TileTask, request: RunRequest, workdir: Path) -> Figure:
-    spec, model, provenance = loaded_model(request.model)
+    loaded = load_model(request.model)
+    spec, model, provenance = loaded.spec, loaded.encoder, loaded.provenance
     halo, area = required_halo(spec, request.overlap), task.geobox()
     source = open_source(request.catalog)
     alone: dict[str, float] = {}
@@ -51,18 +54,22 @@ def pipeline_efficiency(task: TileTask, request: RunRequest, workdir: Path) -> F
     field = _timed(alone, "encode", lambda: encode_cube(cube, task.period, model, spec, options, provenance=provenance))
     stores = [dataclasses.replace(request, output=workdir / f"{n}.zarr", overwrite=True) for n in ("alone", "e2e")]
     for store in stores:
-        prepare_store(store, spec, provenance, [task])
+        create_store(store.output, [task.tile], store.periods, layout(store, spec), overwrite=True)
     _timed(alone, "write", lambda: write_tile(stores[0].output, task.tile, task.period, field, {"benchmark": True}))
     start = time.perf_counter()
-    result = process_task(task, stores[1])
+    result = process_task(task, stores[1], loaded)
     end_to_end = time.perf_counter() - start
     return Figure(
-        4, "pipeline efficiency (end-to-end / sum of stages alone)", end_to_end / sum(alone.values()), "", "<= 1.0",
+        4,
+        "pipeline efficiency (end-to-end / sum of stages alone)",
+        end_to_end / sum(alone.values()),
+        "",
+        "<= 1.0",
         sizes=f"one task {area.shape[0]}x{area.shape[1]} px, {cube.sizes['time']} frames, {spec.name} on "
-              f"{request.device}",
+        f"{request.device}",
         note=f"end to end {end_to_end:.1f} s; alone " + ", ".join(f"{k} {v:.1f} s" for k, v in alone.items()),
         details={"end_to_end_s": end_to_end, "alone_s": alone, "task_stage_s": result.seconds},
-    )  # fmt: skip
+    )
 
 
 def _timed(times: dict[str, float], stage: str, step: Callable[[], T]) -> T:

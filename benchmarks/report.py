@@ -69,8 +69,10 @@ def format_value(figure: Figure) -> str:
 
 
 def print_table(figures: list[Figure], info: dict[str, Any]) -> None:
-    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, GPU {info['gpu'] or 'none'}; "
-          f"torch {info['torch']}; {info['date']}")  # fmt: skip
+    print(
+        f"\nmachine: {info['cpu']}, {info['cores']} cores, GPU {info['gpu'] or 'none'}; "
+        f"torch {info['torch']}; {info['date']}"
+    )
     rows = [("#", "figure", "value", "target", "met", "sizes / note")]
     for f in figures:
         met = {True: "yes", False: "NO", None: "-"}[f.met]
@@ -83,6 +85,5 @@ def print_table(figures: list[Figure], info: dict[str, Any]) -> None:
 
 
 def save_json(figures: list[Figure], info: dict[str, Any], command: str, path: Path) -> None:
-    body = {"command": command, "machine": info,
-            "figures": [{**asdict(f), "met": f.met} for f in figures]}  # fmt: skip
+    body = {"command": command, "machine": info, "figures": [{**asdict(f), "met": f.met} for f in figures]}
     path.write_text(json.dumps(body, indent=1, default=str))

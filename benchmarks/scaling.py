@@ -14,9 +14,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from aef_pipeline.cluster import connect, dask_submitter
+from aef_pipeline.cluster import connect, dask_submitter, run_on_cluster
 from aef_pipeline.grid import BBox
-from aef_pipeline.run import RunReport, RunRequest, run
+from aef_pipeline.report import RunReport
+from aef_pipeline.run import RunRequest
 from benchmarks.report import Figure
 
 
@@ -25,34 +26,47 @@ def cluster_run(request: RunRequest, bbox: BBox, workers: int) -> dict[str, Any]
     with connect(None, workers) as client:
         client.run(warnings.simplefilter, "ignore")  # third-party deprecations in the workers' logs
         start = time.perf_counter()
-        report: RunReport = run(request, submit=dask_submitter(client, request, progress=False))
+        report: RunReport = run_on_cluster(client, request, lambda c: dask_submitter(c, progress=False))
         seconds = time.perf_counter() - start
         peaks: dict[str, int] = client.run(_peak_rss_bytes)
     done = [task for task in report.tasks if task.status == "done"]
     if len(done) != len(report.tasks):
         raise RuntimeError(f"benchmark run did not complete: {report.summary()}")
     pixels = sum(task.pixels for task in done)
-    return {"workers": workers, "tasks": len(done), "pixels": pixels, "seconds": seconds,
-            "px_per_s": pixels / seconds, "peak_rss_gb": sorted(p / 1e9 for p in peaks.values())}  # fmt: skip
+    return {
+        "workers": workers,
+        "tasks": len(done),
+        "pixels": pixels,
+        "seconds": seconds,
+        "px_per_s": pixels / seconds,
+        "peak_rss_gb": sorted(p / 1e9 for p in peaks.values()),
+    }
 
 
 def memory_figure(one: dict[str, Any], four: dict[str, Any]) -> Figure:
     ratio = max(four["peak_rss_gb"]) / max(one["peak_rss_gb"])
     return Figure(
-        5, "memory: peak RSS per worker, 4-tile / 1-tile run", ratio, "", "<= 1.1",
+        5,
+        "memory: peak RSS per worker, 4-tile / 1-tile run",
+        ratio,
+        "",
+        "<= 1.1",
         sizes=f"{one['tasks']} vs {four['tasks']} tasks of {one['pixels'] // one['tasks']:,} px, 1 worker",
         note=f"1 tile {max(one['peak_rss_gb']):.2f} GB, 4 tiles {max(four['peak_rss_gb']):.2f} GB",
         details={"one_tile": one, "four_tiles": four},
-    )  # fmt: skip
+    )
 
 
 def scaling_figure(one_worker: dict[str, Any], two_workers: dict[str, Any], cores: int) -> Figure:
     return Figure(
-        6, "scaling: throughput 2 workers / 1 worker", two_workers["px_per_s"] / one_worker["px_per_s"], "",
+        6,
+        "scaling: throughput 2 workers / 1 worker",
+        two_workers["px_per_s"] / one_worker["px_per_s"],
+        "",
         sizes=f"{one_worker['tasks']} tasks, {one_worker['pixels']:,} px, {cores} cores",
         note=f"1 worker {one_worker['px_per_s']:,.0f} px/s, 2 workers {two_workers['px_per_s']:,.0f} px/s",
         details={"one_worker": one_worker, "two_workers": two_workers},
-    )  # fmt: skip
+    )
 
 
 def _peak_rss_bytes() -> int:

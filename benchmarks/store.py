@@ -45,8 +45,10 @@ def main() -> None:
         open_embeddings(path).embedding.load()
         read = time.perf_counter() - start
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        print(f"{storage} {name}: {size / TILE_PIXELS**2:.1f} B per pixel-year, write {written:.1f} s, "
-              f"read+dequantise {read:.1f} s")  # fmt: skip
+        print(
+            f"{storage} {name}: {size / TILE_PIXELS**2:.1f} B per pixel-year, write {written:.1f} s, "
+            f"read+dequantise {read:.1f} s"
+        )
 
 
 def _random() -> np.ndarray:

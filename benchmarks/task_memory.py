@@ -34,8 +34,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     pixels = sum(task.pixels for task in report.tasks)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"half-width {half} deg: {pixels:,} px in {len(report.tasks)} tasks, {seconds:.1f} s, "
-          f"first task {report.tasks[0].seconds}, peak RSS {peak:.2f} GB")  # fmt: skip
+    print(
+        f"half-width {half} deg: {pixels:,} px in {len(report.tasks)} tasks, {seconds:.1f} s, "
+        f"first task {report.tasks[0].seconds}, peak RSS {peak:.2f} GB"
+    )
 
 
 if __name__ == "__main__":

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from odc.geo.geom import Geometry
 
+from aef_pipeline.cli.fields import run_and_summarise
 from aef_pipeline.cluster import connect, run_on_cluster
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import BBox
 from aef_pipeline.plan import parse_periods
+from aef_pipeline.report import RunReport
 from aef_pipeline.run import RunRequest
 from aef_pipeline.search import DEFAULT_CATALOG, CatalogConfig
 
@@ -37,15 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     try:
-        request = RunRequest(region_bbox(args.region), parse_periods(args.years, []), args.out,
-                             CatalogConfig(args.stac), model=args.model, device=args.device)  # fmt: skip
-        with connect(args.scheduler, workers=0) as client:
-            report = run_on_cluster(client, request)
+        request = RunRequest(
+            region_bbox(args.region),
+            parse_periods(args.years, []),
+            args.out,
+            CatalogConfig(args.stac),
+            model=args.model,
+            device=args.device,
+        )
+
+        def on_scheduler() -> RunReport:
+            with connect(args.scheduler, workers=0) as client:
+                return run_on_cluster(client, request)
+
+        return run_and_summarise(request, on_scheduler, prog="annual_field")
     except UserInputError as error:
         print(f"annual_field: error: {error}", file=sys.stderr)
         return 2
-    print(report.summary())
-    return 1 if any(task.status == "failed" for task in report.tasks) else 0
 
 
 def region_bbox(path: Path) -> BBox:
@@ -54,8 +64,9 @@ def region_bbox(path: Path) -> BBox:
     features = document.get("features") or [document]
     geometries = [Geometry(f.get("geometry", f), crs="EPSG:4326") for f in features]
     boxes = [g.boundingbox for g in geometries]
-    return BBox(min(b.left for b in boxes), min(b.bottom for b in boxes), max(b.right for b in boxes),
-                max(b.top for b in boxes))  # fmt: skip
+    return BBox(
+        min(b.left for b in boxes), min(b.bottom for b in boxes), max(b.right for b in boxes), max(b.top for b in boxes)
+    )
 
 
 if __name__ == "__main__":

@@ -224,13 +224,22 @@ def test_twenty_metre_bands_equal_gdal_warp_pixel_for_pixel(stac_api: str, catal
     site = _site_geobox(catalog.scenes[0])
     x, y = ~tile.geobox.affine * (site.affine.c, site.affine.f)  # the site's corner, in tile pixels
     row, col = int(y) // 2 * 2, int(x) // 2 * 2
-    for geobox in (tile.geobox[row : row + 200, col : col + 240].pad(8),  # on the 20 m lattice
-                   tile.geobox[row + 1 : row + 201, col : col + 240]):  # off it: warped by odc-stac  # fmt: skip
+    for geobox in (
+        tile.geobox[row : row + 200, col : col + 240].pad(8),  # on the 20 m lattice
+        tile.geobox[row + 1 : row + 201, col : col + 240],
+    ):  # off it: warped by odc-stac
         selection = _select(stac_api, catalog.collection_id, geobox, 2021)
         pairs = zip(selection.items, selection.scenes, strict=True)
         items = [canonical_item(item, dict(info.asset_keys)) for item, info in pairs]
-        warped = odc.stac.load(items, bands=["B11", "SCL"], geobox=geobox, groupby="id", preserve_original_order=True,
-                               resampling={"B11": "bilinear", "SCL": "nearest"}, stac_cfg=_STAC_CFG)  # fmt: skip
+        warped = odc.stac.load(
+            items,
+            bands=["B11", "SCL"],
+            geobox=geobox,
+            groupby="id",
+            preserve_original_order=True,
+            resampling={"B11": "bilinear", "SCL": "nearest"},
+            stac_cfg=_STAC_CFG,
+        )
         for chunk_rows in (None, 64):  # eager, and lazy in row blocks that cut the area into four
             ours = load_selection(selection, geobox, BANDS, chunk_rows=chunk_rows)
             for band in ("B11", "SCL"):

@@ -137,6 +137,7 @@ def test_reading_real_items_prints_no_pystac_migration_noise(real_examples: Path
     assert shown.returncode == 0, shown.stderr
     assert "Could not parse bucket" not in shown.stderr
     control_code = code.replace("applied(TaskEnvironment())", "open(sys.argv[1])")
-    control = subprocess.run([sys.executable, "-W", "default", "-c", control_code, *items], capture_output=True,
-                             text=True)  # fmt: skip
+    control = subprocess.run(
+        [sys.executable, "-W", "default", "-c", control_code, *items], capture_output=True, text=True
+    )
     assert "Could not parse bucket" in control.stderr  # the warning is real without the filter

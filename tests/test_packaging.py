@@ -44,7 +44,8 @@ _IMPORT_STATE = """
 import importlib, json, logging, pkgutil, sys, warnings
 def modules():
     import aef_pipeline
-    return [m.name for m in pkgutil.walk_packages(aef_pipeline.__path__, "aef_pipeline.")]
+    found = pkgutil.walk_packages(aef_pipeline.__path__, "aef_pipeline.")
+    return [m.name for m in found if not m.name.endswith("__main__")]  # that one runs the CLI
 def state():
     loggers = {name: (tuple(map(repr, lg.filters)), tuple(map(repr, lg.handlers)), lg.level)
                for name, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}

@@ -10,6 +10,7 @@ import pytest
 from aef_pipeline.providers import (
     ItemMetadataError,
     SceneInfo,
+    SkippedItem,
     describe_item,
     resolve_acquisition,
     resolve_crs,
@@ -100,10 +101,13 @@ def test_without_a_baseline_the_declared_offset_decides(real_examples: Path) -> 
     pc = _item(real_examples, "planetarycomputer_s2l2a__S2B_MSIL2A_20240825T173909_R098_T13TDE_20240825T215747.json")
     del pc.properties["s2:processing_baseline"]
     assert resolve_dn_offset(pc) is None
-    assert "cannot tell" in str(describe_item(pc, BANDS))
+    skip = describe_item(pc, BANDS)
+    assert isinstance(skip, SkippedItem)
+    assert skip.item_id == pc.id
+    assert "cannot tell whether DNs carry +1000" in skip.reason
 
 
 def test_missing_band_is_a_reason_not_a_crash(real_examples: Path) -> None:
     item = _item(real_examples, "earthsearch_v1_s2c1l2a__S2B_T24MUV_20250731T130245_L2A.json")
     del item.assets["swir16"]
-    assert describe_item(item, BANDS) == "no asset for band B11 (looked for B11 or swir16)"
+    assert describe_item(item, BANDS) == SkippedItem(item.id, "no asset for band B11 (looked for B11 or swir16)")

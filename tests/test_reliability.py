@@ -3,6 +3,7 @@ scenes, flaky APIs, full disks (docs/reliability.md lists each with its test).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,8 +23,8 @@ from aef_pipeline.grid import BBox
 from aef_pipeline.load import ReadFailureWarning
 from aef_pipeline.lock import StoreLockedError, lock_path
 from aef_pipeline.model import load_spec
-from aef_pipeline.plan import Period
-from aef_pipeline.run import RunRequest, TaskFailedWarning, plan_tasks, run
+from aef_pipeline.plan import Period, plan_tasks
+from aef_pipeline.run import RunRequest, TaskFailedWarning, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
 from aef_pipeline.verify import verify_store
@@ -137,8 +138,8 @@ def test_a_tile_whose_scenes_all_fail_is_marked_failed_and_the_run_exits_non_zer
     for cog in _cogs(tmp_path / "cat", "2022"):
         cog.write_bytes(b"")  # every 2022 file empty: nothing of that year can be read
     out = tmp_path / "f.zarr"
-    argv = ["run", "--stac", str(catalog), "--bbox", *SMALL_ARGS,
-            "--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1"]  # fmt: skip
+    options = ["--years", "2021-2022", "--device", "cpu", "--workers", "1"]
+    argv = ["run", "--stac", str(catalog), "--bbox", *SMALL_ARGS, *options, "--out", str(out)]
     with pytest.warns(TaskFailedWarning, match="could be read"):
         assert main(argv) == 1
     printed = capsys.readouterr().out
@@ -151,6 +152,55 @@ def test_a_tile_whose_scenes_all_fail_is_marked_failed_and_the_run_exits_non_zer
     assert result.ok
 
 
+def test_a_reader_that_fails_every_read_fails_the_tile_through_the_reader_seam(
+    clean_store: Path, static_catalog: CatalogConfig, tmp_path: Path
+) -> None:
+    from aef_pipeline.environment import TaskEnvironment
+    from aef_pipeline.testing.readers import FailingReader, SlowReader
+
+    failing = RunRequest(
+        SMALL,
+        PERIODS,
+        tmp_path / "f.zarr",
+        static_catalog,
+        device="cpu",
+        environment=TaskEnvironment(reader=FailingReader()),
+    )
+    with pytest.warns(ReadFailureWarning, match="vanished"), pytest.warns(TaskFailedWarning, match="could be read"):
+        (task,) = run(failing).tasks
+    assert task.status == "failed"
+    assert task.error.startswith("TileUnreadableError: nothing of tile 33N_c026_r0266 2022 could be read")
+    assert not task.traceback  # an expected failure: its one line is the whole story
+    assert verify_store(failing.output).checked == 0
+    slow = dataclasses.replace(failing, environment=TaskEnvironment(reader=SlowReader(0.01)))
+    (task,) = run(slow).tasks
+    assert task.status == "done"
+    _same_arrays(clean_store, slow.output)  # a slow reader changes nothing but the time
+
+
+def test_a_bug_keeps_its_whole_traceback_in_the_report_and_on_stderr(
+    static_catalog: CatalogConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aef_pipeline.model import LoadedModel, STPEncoder, build_model
+    from aef_pipeline.run import attempt_task
+
+    class BrokenEncoder(STPEncoder):
+        def forward(self, *args: Any) -> Any:
+            raise ZeroDivisionError("a bug in the encoder")
+
+    spec = load_spec("tiny")
+    broken = LoadedModel(spec, BrokenEncoder(spec), build_model(spec)[1])
+    request = RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", static_catalog, device="cpu")
+    with pytest.warns(TaskFailedWarning, match="a bug in the encoder"):
+        report = run(request, submit=lambda tasks, request: (attempt_task(t, request, broken) for t in tasks))
+    (result,) = report.tasks
+    assert result.status == "failed"
+    assert result.error == "bug: ZeroDivisionError: a bug in the encoder"
+    assert "Traceback (most recent call last)" in result.traceback
+    assert "in forward" in result.traceback  # down to the frame that raised
+    assert "raise ZeroDivisionError" in capsys.readouterr().err
+
+
 def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
     earth_search_catalog: SyntheticCatalog, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -159,7 +209,7 @@ def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
     from aef_pipeline.search import open_source, search_tile
 
     source = open_source(CatalogConfig(str(write_static_catalog(earth_search_catalog))))
-    (task,) = plan_tasks(SMALL, PERIODS, load_spec("tiny"))
+    (task,) = plan_tasks(SMALL, PERIODS, load_spec("tiny").core)
     area = task.geobox()
     selection = search_tile(source, area, Period.year(2022), ("B04",))
     # A remote-looking signed URL that cannot be fetched here: every read fails with it in the message.
@@ -178,24 +228,24 @@ def test_signed_url_tokens_never_reach_logs_warnings_or_reports(
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
-    static_catalog: CatalogConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    static_catalog: CatalogConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import aef_pipeline.cluster
-    from aef_pipeline.run import TaskResult, TileTask, attempt_task
+    from aef_pipeline.model import load_model
+    from aef_pipeline.plan import TileTask
+    from aef_pipeline.report import TaskResult
+    from aef_pipeline.run import attempt_task
 
-    def interrupted_after_one(client: object, request: RunRequest, **_: object) -> object:
-        def submit(tasks: list[TileTask]) -> Iterator[TaskResult]:
-            yield attempt_task(tasks[0], request)
+    def interrupted_after_one(client: object) -> object:
+        def submit(tasks: list[TileTask], request: RunRequest) -> Iterator[TaskResult]:
+            yield attempt_task(tasks[0], request, load_model(request.model))
             raise KeyboardInterrupt  # what Ctrl-C raises in the main thread while tasks run
 
         return submit
 
     out = tmp_path / "f.zarr"
-    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS,
-            "--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1"]  # fmt: skip
-    with monkeypatch.context() as patch:
-        patch.setattr(aef_pipeline.cluster, "dask_submitter", interrupted_after_one)
-        assert main(argv) == 130
+    options = ["--years", "2021-2022", "--device", "cpu", "--workers", "1"]
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, *options, "--out", str(out)]
+    assert main(argv, submitter=interrupted_after_one) == 130  # type: ignore[arg-type]
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "interrupted: 1 of 2 tile-periods complete" in message
     assert "rerun the same command to resume" in message
@@ -237,7 +287,7 @@ def test_a_worker_killed_mid_task_changes_nothing(
 
         killer = threading.Thread(target=kill_the_busy_worker)
         killer.start()
-        report = run(request, submit=dask_submitter(client, request, progress=False))
+        report = run(request, submit=dask_submitter(client, progress=False))
         killer.join()
     assert killed
     assert [task.status for task in report.tasks] == ["done"]
@@ -262,11 +312,15 @@ def test_a_run_killed_mid_way_is_finished_by_rerunning_it(
 
     both = BOTH_YEARS
     out = tmp_path / "f.zarr"
-    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--years", "2021-2022", "--out", str(out),
-            "--device", "cpu", "--workers", "1"]  # fmt: skip
-    process = subprocess.Popen([sys.executable, "-m", "aef_pipeline.cli", *argv], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    (task_2021,) = plan_tasks(SMALL, both[:1], load_spec("tiny"))
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS]
+    argv += ["--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aef_pipeline.cli", *argv],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    (task_2021,) = plan_tasks(SMALL, both[:1], load_spec("tiny").core)
 
     def one_recorded() -> bool:
         # Polled while the other process writes: a template it is still creating reads as "not yet".
@@ -348,9 +402,12 @@ def _disk_full_at(monkeypatch: pytest.MonkeyPatch, store: Path, key_part: str) -
 
 @pytest.mark.parametrize("filled_at", ["embedding/c/1/", "tile_record/c/1/"])  # its data, or its record
 def test_a_disk_filling_up_stops_the_run_and_records_stay_truthful(
-    filled_at: str, tmp_path: Path, static_catalog: CatalogConfig, clean_two_years: Path,
+    filled_at: str,
+    tmp_path: Path,
+    static_catalog: CatalogConfig,
+    clean_two_years: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     from aef_pipeline.errors import StorageFullError
     from aef_pipeline.store import describe_store
 
@@ -394,8 +451,8 @@ def test_a_real_full_disk_fails_the_cli_with_one_line_and_a_rerun_finishes(
     small_disk: Path, static_catalog: CatalogConfig, clean_two_years: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = small_disk / "f.zarr"
-    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--out", str(out),
-            "--device", "cpu", "--workers", "1", "--years"]  # fmt: skip
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS]
+    argv += ["--out", str(out), "--device", "cpu", "--workers", "1", "--years"]
     assert main([*argv, "2021"]) == 0
     # Fill the disk, leaving room for the template's new period but not for 2022's shard (~290 kB).
     ballast = small_disk / "ballast"
@@ -450,19 +507,33 @@ def test_a_pickle_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
             build_model(load_spec(str(spec)))
         assert not sentinel.exists()
     sources = Path(__file__).resolve().parents[1] / "aef_pipeline"
-    loaders = [f"{p.name}: {line.strip()}" for p in sources.rglob("*.py") for line in p.read_text().splitlines()
-               if any(call in line for call in ("torch.load(", "pickle.load", "cloudpickle.load"))]  # fmt: skip
+    loaders = [
+        f"{p.name}: {line.strip()}"
+        for p in sources.rglob("*.py")
+        for line in p.read_text().splitlines()
+        if any(call in line for call in ("torch.load(", "pickle.load", "cloudpickle.load"))
+    ]
     assert not loaders  # and no pickle loader anywhere in the package
 
 
-CRAFTED_IDS = ["../../../../escaped", "/tmp/aef-escaped/item", "..", "a/../../b", "..\\..\\windows", "%2e%2e%2fenc",
-               "~/home", "con:"]  # fmt: skip
+CRAFTED_IDS = [
+    "../../../../escaped",
+    "/tmp/aef-escaped/item",
+    "..",
+    "a/../../b",
+    "..\\..\\windows",
+    "%2e%2e%2fenc",
+    "~/home",
+    "con:",
+]
 
 
 def test_crafted_item_ids_cannot_put_files_outside_the_store(
-    earth_search_catalog: SyntheticCatalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    earth_search_catalog: SyntheticCatalog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     catalog = _catalog_copy(earth_search_catalog, tmp_path / "cat")
     items = sorted(p for p in (tmp_path / "cat").rglob("S2*_2022*/*.json") if p.parent.name == p.stem)
     crafted = []
@@ -476,14 +547,14 @@ def test_crafted_item_ids_cannot_put_files_outside_the_store(
     work.mkdir(parents=True)
     monkeypatch.chdir(work)  # relative ids would land here, or above it
     outside = set(tmp_path.rglob("*"))
-    argv = ["run", "--stac", str(catalog), "--bbox", *SMALL_ARGS, "--years", "2022", "--out", "f.zarr",
-            "--device", "cpu", "--workers", "1"]  # fmt: skip
+    argv = ["run", "--stac", str(catalog), "--bbox", *SMALL_ARGS]
+    argv += ["--years", "2022", "--out", "f.zarr", "--device", "cpu", "--workers", "1"]
     assert main(argv) == 0
     assert "1 tile-periods done" in capsys.readouterr().out
     new = {os.path.relpath(p, work) for p in set(tmp_path.rglob("*")) - outside}
     assert sorted({path.split(os.sep)[0] for path in new}) == ["f.runs", "f.stac", "f.zarr"]  # nothing else
     assert not Path("/tmp/aef-escaped").exists()
-    (task,) = plan_tasks(SMALL, PERIODS, load_spec("tiny"))
+    (task,) = plan_tasks(SMALL, PERIODS, load_spec("tiny").core)
     from aef_pipeline.store import read_record
 
     scenes = read_record(work / "f.zarr", task.tile, PERIODS[0])["scenes"]

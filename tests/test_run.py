@@ -16,8 +16,8 @@ import aef_pipeline
 from aef_pipeline.cli import main
 from aef_pipeline.grid import BBox
 from aef_pipeline.model import load_spec
-from aef_pipeline.plan import Period
-from aef_pipeline.run import RunRequest, plan_tasks, run, task_window
+from aef_pipeline.plan import Period, plan_tasks, task_window
+from aef_pipeline.run import RunRequest, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.store import zones_in
 from aef_pipeline.testing import CatalogSpec, Site, SyntheticCatalog, build_catalog, write_static_catalog
@@ -31,8 +31,8 @@ def test_cli_run_on_a_local_cluster(
     tmp_path: Path, stac_api: str, earth_search_catalog: SyntheticCatalog, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "field.zarr"
-    argv = ["run", "--stac", stac_api, "--bbox", *SITE, "--years", "2021-2022", "--out", str(out), "--device", "cpu",
-            "--workers", "2"]  # fmt: skip
+    argv = ["run", "--stac", stac_api, "--bbox", *SITE]
+    argv += ["--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 tile-periods done" in printed
@@ -66,7 +66,7 @@ def test_one_bbox_or_two_halves_give_the_same_field(tmp_path: Path, earth_search
 def test_cost_follows_the_bbox_not_the_tile() -> None:
     spec = load_spec("tiny")
     small = BBox(DEFAULT_SITE.lon - 0.004, DEFAULT_SITE.lat - 0.004, DEFAULT_SITE.lon + 0.004, DEFAULT_SITE.lat + 0.004)
-    (task,) = plan_tasks(small, (Period.year(2022),), spec)
+    (task,) = plan_tasks(small, (Period.year(2022),), spec.core)
     assert task.pixels <= (100 + 2 * spec.core) ** 2  # ~0.6 x 0.9 km, not a 1920 px tile
     r0, r1, c0, c1 = task.window
     assert r0 % spec.core == c0 % spec.core == r1 % spec.core == c1 % spec.core == 0
@@ -74,7 +74,7 @@ def test_cost_follows_the_bbox_not_the_tile() -> None:
 
 
 def test_a_bbox_across_a_zone_edge_plans_both_zones() -> None:
-    tasks = plan_tasks(BBox(17.99, 46.0, 18.01, 46.01), (Period.year(2022),), load_spec("tiny"))
+    tasks = plan_tasks(BBox(17.99, 46.0, 18.01, 46.01), (Period.year(2022),), load_spec("tiny").core)
     assert {task.tile.zone for task in tasks} == {33, 34}
 
 
@@ -127,8 +127,13 @@ def external_scheduler(tmp_path: Path) -> Iterator[str]:
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).parent / "dask")
     log = (tmp_path / "dask.log").open("w")
-    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                   "--dashboard-address", ":0"], stdout=log, stderr=log)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"],
+            stdout=log,
+            stderr=log,
+        )
+    ]
     processes += [
         subprocess.Popen(
             [dask, "worker", address, "--nworkers", "1", "--nthreads", "1", "--no-dashboard"], stdout=log, stderr=log
@@ -161,8 +166,9 @@ def test_an_external_scheduler_gives_the_same_store(
 
 def test_a_bbox_across_a_zone_edge_writes_both_zone_groups(tmp_path: Path) -> None:
     site = Site(lon=18.0, lat=46.2)  # the 33/34 zone edge runs through the site
-    spec = CatalogSpec(site=site, years=(2022,), revisit_days=60, duplicate_index=-1, overcast_index=-1,
-                       swath_edge_index=-1)  # fmt: skip
+    spec = CatalogSpec(
+        site=site, years=(2022,), revisit_days=60, duplicate_index=-1, overcast_index=-1, swath_edge_index=-1
+    )
     catalog = CatalogConfig(str(write_static_catalog(build_catalog(tmp_path / "cat", "earth-search", spec))))
     bbox = BBox(17.995, 46.195, 18.005, 46.205)
     run(RunRequest(bbox, (Period.year(2022),), tmp_path / "field.zarr", catalog, device="cpu"))
@@ -194,7 +200,29 @@ def test_a_config_file_with_flags_over_it(tmp_path: Path, capsys: pytest.Capture
 
 def test_config_values_take_the_shape_of_their_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.toml"
-    config.write_text('bbox = [15.057, 46.194, 15.073, 46.206]\nperiod = "2022-03-01/2022-09-01"\n'
-                      'collection = "sentinel-2-c1-l2a"\nstac = "demo"\n')  # fmt: skip
+    config.write_text(
+        'bbox = [15.057, 46.194, 15.073, 46.206]\nperiod = "2022-03-01/2022-09-01"\n'
+        'collection = "sentinel-2-c1-l2a"\nstac = "demo"\n'
+    )
     assert main(["plan", "--config", str(config)]) == 0
     assert "2022-03-01_2022-09-01" in capsys.readouterr().out
+
+
+def test_a_dry_run_is_a_plan_of_values(earth_search_catalog: SyntheticCatalog) -> None:
+    from aef_pipeline.run import dry_run
+
+    catalog = CatalogConfig(str(write_static_catalog(earth_search_catalog)))
+    bbox = BBox(15.057, 46.194, 15.073, 46.206)
+    request = RunRequest(bbox, (Period.year(2021), Period.year(2022)), Path("unused.zarr"), catalog)
+    plan = dry_run(request)
+    spec = load_spec("tiny")
+    tasks = plan_tasks(bbox, request.periods, spec.core)
+    assert [cost.task for cost in plan.costs] == tasks
+    assert plan.pixels == sum(task.pixels for task in tasks)
+    assert all(cost.scenes > 0 for cost in plan.costs)
+    rows, cols = tasks[0].geobox().pad(spec.context).shape
+    assert plan.costs[0].read_bytes == plan.costs[0].scenes * rows * cols * (2 * 5 + 1)  # 5 uint16 bands + SCL
+    assert plan.store_bytes == plan.pixels * (64 + 2)  # int8 vectors and the int16 observation count
+    assert plan.flops > 0
+    assert not Path("unused.zarr").exists()  # a dry run writes nothing
+    assert plan.lines()[-2].startswith(f"{len(tasks)} tasks, {plan.pixels:,} px")

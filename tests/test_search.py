@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,16 +34,21 @@ BANDS = ("B02", "B03", "B04", "B08", "B11")
 
 
 def _site_tile() -> TileId:
-    (tile,) = tiles_for_bbox(BBox(DEFAULT_SITE.lon - 0.001, DEFAULT_SITE.lat - 0.001, DEFAULT_SITE.lon + 0.001,
-                                  DEFAULT_SITE.lat + 0.001))  # fmt: skip
+    site = DEFAULT_SITE
+    (tile,) = tiles_for_bbox(BBox(site.lon - 0.001, site.lat - 0.001, site.lon + 0.001, site.lat + 0.001))
     return tile
 
 
 def _select(
-    url: str, catalog: SyntheticCatalog, year: int = 2021, page_size: int = 100, max_cloud_cover: float | None = None
+    url: str,
+    catalog: SyntheticCatalog,
+    year: int = 2021,
+    page_size: int = 100,
+    max_cloud_cover: float | None = None,
+    tile: str | None = None,
 ) -> SceneSelection:
     source = open_source(CatalogConfig(url, collections=(catalog.collection_id,), page_size=page_size))
-    return search_tile(source, _site_tile().load_geobox(), Period.year(year), BANDS, max_cloud_cover)
+    return search_tile(source, _site_tile().load_geobox(), Period.year(year), BANDS, max_cloud_cover, tile=tile)
 
 
 def test_one_product_per_tile_and_acquisition_highest_baseline_kept(stac_api: str, catalog: SyntheticCatalog) -> None:
@@ -86,23 +92,35 @@ def test_static_catalog_gives_the_same_selection_as_the_api(stac_api: str, catal
 
 def test_cloud_filter_runs_on_the_client(stac_api: str, catalog: SyntheticCatalog) -> None:
     selection = _select(stac_api, catalog, max_cloud_cover=50.0)
-    overcast = {item["id"] for item, scene in zip(catalog.items, catalog.scenes, strict=True)
-                if scene.acquisition.sky.overcast}  # fmt: skip
+    pairs = zip(catalog.items, catalog.scenes, strict=True)
+    overcast = {item["id"] for item, scene in pairs if scene.acquisition.sky.overcast}
     cloudy = [skip for skip in selection.skipped if skip.reason.startswith("eo:cloud_cover")]
     assert overcast <= {skip.item_id for skip in cloudy}
     assert not overcast & {item.id for item in selection.items}
 
 
 def test_an_area_without_scenes_warns_and_gives_an_empty_selection(stac_api: str, catalog: SyntheticCatalog) -> None:
-    with pytest.warns(NoScenesWarning, match="no usable Sentinel-2 product for the area in 2019"):
-        selection = _select(stac_api, catalog, year=2019)
+    tile = str(_site_tile())
+    with pytest.warns(NoScenesWarning, match=rf"no usable Sentinel-2 product for tile {tile} in 2019 \(0 found"):
+        selection = _select(stac_api, catalog, year=2019, tile=tile)
     assert selection.empty
     assert selection.scenes == ()
 
 
+def test_without_a_tile_name_the_warning_gives_the_area_bounds(stac_api: str, catalog: SyntheticCatalog) -> None:
+    with pytest.warns(NoScenesWarning, match=r"for the area lon \S+, lat \S+ in 2019") as caught:
+        _select(stac_api, catalog, year=2019)
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, NoScenesWarning)]
+    bounds = re.search(r"lon (\S+)\.\.(\S+), lat (\S+)\.\.(\S+) in", message)
+    assert bounds is not None
+    west, east, south, north = map(float, bounds.groups())
+    assert west < DEFAULT_SITE.lon < east
+    assert south < DEFAULT_SITE.lat < north
+
+
 def test_unknown_collection_lists_the_available_ones(stac_api: str) -> None:
-    with pytest.raises(UnknownCollectionError, match=r"collection sentinel-2-l1c not found at .*; it has: "
-                       r"sentinel-2-c1-l2a, sentinel-2-l2a"):  # fmt: skip
+    expected = r"collection sentinel-2-l1c not found at .*; it has: sentinel-2-c1-l2a, sentinel-2-l2a"
+    with pytest.raises(UnknownCollectionError, match=expected):
         open_source(CatalogConfig(stac_api, collections=("sentinel-2-l1c",)))
 
 

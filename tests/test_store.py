@@ -47,8 +47,9 @@ def _field(tile: TileId, seed: int) -> xr.Dataset:
     observations = np.full((TILE_PIXELS, TILE_PIXELS), seed + 5, np.int16)
     observations[:16, :16] = 0
     coords = {"y": tile.geobox.coordinates["y"].values, "x": tile.geobox.coordinates["x"].values}
-    return xr.Dataset({"embedding": (("dim", "y", "x"), vectors), "observations": (("y", "x"), observations)},
-                      coords=coords)  # fmt: skip
+    return xr.Dataset(
+        {"embedding": (("dim", "y", "x"), vectors), "observations": (("y", "x"), observations)}, coords=coords
+    )
 
 
 def _write(path: Path, tile: TileId, year: int, seed: int) -> None:
@@ -159,9 +160,12 @@ def test_a_crash_leaves_exactly_the_unfinished_tiles(tmp_path: Path) -> None:
     rows = slice(0, 128)
     values = quantise(data.embedding.transpose("y", "x", "dim").values[None])
     xr.Dataset({"embedding": (("time", "y", "x", "band"), values)}).to_zarr(
-        path, group="33N", region={"time": slice(0, 1), "y": rows, "x": slice(0, TILE_PIXELS)}, mode="r+",
+        path,
+        group="33N",
+        region={"time": slice(0, 1), "y": rows, "x": slice(0, TILE_PIXELS)},
+        mode="r+",
         consolidated=False,
-    )  # fmt: skip
+    )
     todo = unfinished(path, TILES, periods)
     assert todo == [(TILES[0], periods[0]), (TILES[0], periods[1]), (TILES[1], periods[0])]
 

@@ -2,15 +2,27 @@
 
 from aef_pipeline.model.spec import ModelSpec, load_spec
 from aef_pipeline.model.stp import STPEncoder
-from aef_pipeline.model.weights import CheckpointError, Provenance, build_model, parameter_count, save_weights
+from aef_pipeline.model.weights import (
+    CheckpointError,
+    LoadedModel,
+    Provenance,
+    build_model,
+    load_model,
+    parameter_count,
+    provenance_of,
+    save_weights,
+)
 
 __all__ = [
     "CheckpointError",
+    "LoadedModel",
     "ModelSpec",
     "Provenance",
     "STPEncoder",
     "build_model",
+    "load_model",
     "load_spec",
     "parameter_count",
+    "provenance_of",
     "save_weights",
 ]

@@ -23,8 +23,3 @@ def flops_per_window(spec: ModelSpec, frames: int) -> int:
         with counter, torch.inference_mode():
             model(x, valid, t_ms, period)
     return int(counter.get_total_flops())
-
-
-def flops_per_pixel(spec: ModelSpec, frames: int) -> float:
-    """FLOPs per written (core) pixel, without overlap."""
-    return flops_per_window(spec, frames) / spec.core**2

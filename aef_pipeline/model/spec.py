@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import EMBEDDING_DIM
 
 # The specs shipped with the package's source tree (models/ beside aef_pipeline/).
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -138,12 +139,19 @@ def _check(spec: ModelSpec) -> None:
     where = f"model spec {spec.name!r}"
     if spec.window % COARSEST_FACTOR:
         raise UserInputError(f"{where}: window {spec.window} must be a multiple of {COARSEST_FACTOR}")
+    if spec.output_dim != EMBEDDING_DIM:
+        raise UserInputError(
+            f"{where}: output_dim {spec.output_dim} cannot be stored: embedding stores hold {EMBEDDING_DIM} "
+            f"dimensions (A00..A{EMBEDDING_DIM - 1:02d}); set output_dim = {EMBEDDING_DIM}"
+        )
     if not 0 <= spec.context < spec.window // 2:
         raise UserInputError(f"{where}: context {spec.context} must leave a core inside the {spec.window} px window")
     if len(spec.normalisation.mean) != len(spec.bands) or len(spec.normalisation.std) != len(spec.bands):
         raise UserInputError(f"{where}: normalisation needs one mean and one std per band ({len(spec.bands)})")
-    for width, heads, label in ((spec.space_width, spec.space_heads, "space"), (spec.time_width, spec.time_heads,
-                                                                                 "time")):  # fmt: skip
+    for width, heads, label in (
+        (spec.space_width, spec.space_heads, "space"),
+        (spec.time_width, spec.time_heads, "time"),
+    ):
         if width % heads:
             raise UserInputError(f"{where}: {label} width {width} is not divisible by its {heads} heads")
     if spec.weights.file and not spec.weights.file.endswith(".safetensors"):

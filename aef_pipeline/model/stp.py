@@ -169,9 +169,13 @@ class ConvBlock(nn.Module):
         super().__init__()
         groups = max(1, width // 16)
         self.body = nn.Sequential(
-            nn.GroupNorm(groups, width), nn.GELU(), nn.Conv2d(width, width, 3, padding=1),
-            nn.GroupNorm(groups, width), nn.GELU(), nn.Conv2d(width, width, 3, padding=1),
-        )  # fmt: skip
+            nn.GroupNorm(groups, width),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.GroupNorm(groups, width),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.body(x)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.model.spec import ModelSpec
+from aef_pipeline.model.spec import ModelSpec, load_spec
 from aef_pipeline.model.stp import STPEncoder
 
 
@@ -30,6 +30,30 @@ class Provenance:
     """"untrained: deterministic initialisation from seed 0" or "weights tiny.safetensors sha256 ..."."""
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A spec with its built encoder: what a process that encodes holds (a dask worker holds one,
+    built when it starts; an in-process run builds one)."""
+
+    spec: ModelSpec
+    encoder: STPEncoder
+    provenance: Provenance
+
+
+def load_model(name_or_path: str) -> LoadedModel:
+    """The spec by name or path, its encoder built (checkpoint or seeded initialisation)."""
+    spec = load_spec(name_or_path)
+    encoder, provenance = build_model(spec)
+    return LoadedModel(spec, encoder, provenance)
+
+
+def provenance_of(spec: ModelSpec) -> Provenance:
+    """Where the spec's weights come from, read from the spec alone (no model is built)."""
+    if spec.weights.trained:
+        return Provenance(True, f"weights {Path(spec.weights.file).name} sha256 {spec.weights.sha256}")
+    return Provenance(False, f"untrained: deterministic initialisation from seed {spec.weights.seed}")
+
+
 def build_model(spec: ModelSpec) -> tuple[STPEncoder, Provenance]:
     """The spec's encoder on CPU in eval mode, with its checkpoint or seeded initialisation."""
     model = STPEncoder(spec)
@@ -38,11 +62,9 @@ def build_model(spec: ModelSpec) -> tuple[STPEncoder, Provenance]:
         state = _read_checked(path, spec.weights.sha256)
         _check_keys(model, state, path)
         model.load_state_dict(state, strict=True)
-        provenance = Provenance(True, f"weights {path.name} sha256 {spec.weights.sha256}")
     else:
         initialise(model, spec.weights.seed)
-        provenance = Provenance(False, f"untrained: deterministic initialisation from seed {spec.weights.seed}")
-    return model.eval(), provenance
+    return model.eval(), provenance_of(spec)
 
 
 def initialise(model: nn.Module, seed: int) -> None:

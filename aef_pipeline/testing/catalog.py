@@ -122,10 +122,18 @@ def _true_colour(rendered: RenderedScene) -> NDArray[np.uint8]:
 def _write_cog(path: Path, array: NDArray[Any], scene: Scene, resolution: int) -> AssetFile:
     bands = array if array.ndim == 3 else array[None]
     with rasterio.open(
-        path, "w", driver="COG", width=bands.shape[2], height=bands.shape[1], count=bands.shape[0],
-        dtype=bands.dtype, crs=f"EPSG:{scene.tile.epsg}", transform=scene.transform(resolution), nodata=0,
+        path,
+        "w",
+        driver="COG",
+        width=bands.shape[2],
+        height=bands.shape[1],
+        count=bands.shape[0],
+        dtype=bands.dtype,
+        crs=f"EPSG:{scene.tile.epsg}",
+        transform=scene.transform(resolution),
+        nodata=0,
         **COG_OPTIONS,
-    ) as dst:  # fmt: skip
+    ) as dst:
         dst.write(bands)
     return _describe_file(path)
 
@@ -147,9 +155,11 @@ def _describe_file(path: Path) -> AssetFile:
 def make_collection(flavor: Flavor, items: list[JsonDict]) -> JsonDict:
     """A collection like the provider's, with item_assets taken from the items and a real extent."""
     west, south, east, north = (
-        min(i["bbox"][0] for i in items), min(i["bbox"][1] for i in items),
-        max(i["bbox"][2] for i in items), max(i["bbox"][3] for i in items),
-    )  # fmt: skip
+        min(i["bbox"][0] for i in items),
+        min(i["bbox"][1] for i in items),
+        max(i["bbox"][2] for i in items),
+        max(i["bbox"][3] for i in items),
+    )
     times = sorted(i["properties"]["datetime"] for i in items)
     transient = ("href", "file:checksum", "file:size", "proj:shape", "proj:transform", "proj:bbox")
     item_assets = {k: {f: v for f, v in a.items() if f not in transient} for k, a in items[0]["assets"].items()}
@@ -194,19 +204,31 @@ def write_static_catalog(catalog: SyntheticCatalog, title: str = "aef-pipeline s
         item_dir = collection_dir / item["id"]
         _write_json(item_dir / f"{item['id']}.json", _relative_item(item, item_dir))
         item_links.append({"rel": "item", "href": f"./{item['id']}/{item['id']}.json", "type": "application/geo+json"})
-    _write_json(collection_dir / "collection.json", catalog.collection | {"links": [
-        {"rel": "root", "href": "../catalog.json", "type": "application/json"},
-        {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
-        *item_links,
-    ]})  # fmt: skip
+    _write_json(
+        collection_dir / "collection.json",
+        catalog.collection
+        | {
+            "links": [
+                {"rel": "root", "href": "../catalog.json", "type": "application/json"},
+                {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
+                *item_links,
+            ]
+        },
+    )
     catalog_path = root / "catalog.json"
-    _write_json(catalog_path, {
-        "type": "Catalog", "id": "aef-synthetic", "stac_version": "1.0.0", "description": title,
-        "links": [
-            {"rel": "root", "href": "./catalog.json", "type": "application/json"},
-            {"rel": "child", "href": f"./{catalog.collection_id}/collection.json", "type": "application/json"},
-        ],
-    })  # fmt: skip
+    _write_json(
+        catalog_path,
+        {
+            "type": "Catalog",
+            "id": "aef-synthetic",
+            "stac_version": "1.0.0",
+            "description": title,
+            "links": [
+                {"rel": "root", "href": "./catalog.json", "type": "application/json"},
+                {"rel": "child", "href": f"./{catalog.collection_id}/collection.json", "type": "application/json"},
+            ],
+        },
+    )
     return catalog_path
 
 

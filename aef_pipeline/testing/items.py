@@ -106,19 +106,36 @@ FLAVORS = {flavor.name: flavor for flavor in (EARTH_SEARCH, PLANETARY_COMPUTER, 
 
 # Earth Search asset titles of the spectral bands.
 _ES_TITLES = {
-    "B01": "Coastal", "B02": "Blue", "B03": "Green", "B04": "Red", "B05": "Red Edge 1",
-    "B06": "Red Edge 2", "B07": "Red Edge 3", "B08": "NIR 1", "B8A": "NIR 2", "B09": "NIR 3",
-    "B11": "SWIR 1.6μm", "B12": "SWIR 2.2μm",
-}  # fmt: skip
+    "B01": "Coastal",
+    "B02": "Blue",
+    "B03": "Green",
+    "B04": "Red",
+    "B05": "Red Edge 1",
+    "B06": "Red Edge 2",
+    "B07": "Red Edge 3",
+    "B08": "NIR 1",
+    "B8A": "NIR 2",
+    "B09": "NIR 3",
+    "B11": "SWIR 1.6μm",
+    "B12": "SWIR 2.2μm",
+}
 # Planetary Computer's eo:common_name differs from Earth Search's for two bands.
 _PC_COMMON_NAME = {"B8A": "rededge", "B09": None}
 _ES_EXTENSIONS = [
     f"https://stac-extensions.github.io/{name}/schema.json"
     for name in (
-        "eo/v1.1.0", "file/v2.1.0", "grid/v1.1.0", "mgrs/v1.0.0", "processing/v1.1.0",
-        "projection/v1.1.0", "raster/v1.1.0", "sentinel-2/v1.0.0", "storage/v1.0.0", "view/v1.0.0",
+        "eo/v1.1.0",
+        "file/v2.1.0",
+        "grid/v1.1.0",
+        "mgrs/v1.0.0",
+        "processing/v1.1.0",
+        "projection/v1.1.0",
+        "raster/v1.1.0",
+        "sentinel-2/v1.0.0",
+        "storage/v1.0.0",
+        "view/v1.0.0",
     )
-]  # fmt: skip
+]
 _PC_EXTENSIONS = [
     "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
     "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
@@ -127,14 +144,24 @@ _PC_EXTENSIONS = [
 # Asset file names, as both providers' hrefs end (Earth Search style; PC's are longer SAFE paths).
 ASSET_FILES = {
     **{band.name: f"{band.name}.tif" for band in s2.S2_BANDS},
-    "SCL": "SCL.tif", "AOT": "AOT.tif", "WVP": "WVP.tif", "visual": "TCI.tif",
-    "cloud": "CLD_20m.tif", "snow": "SNW_20m.tif", "preview": "L2A_PVI.tif",
-    "thumbnail": "L2A_PVI.jpg", "granule_metadata": "metadata.xml",
-    "tileinfo_metadata": "tileInfo.json", "product_metadata": "product_metadata.xml",
-    "granule-metadata": "MTD_TL.xml", "product-metadata": "MTD_MSIL2A.xml",
-    "safe-manifest": "manifest.safe", "inspire-metadata": "INSPIRE.xml",
-    "datastrip-metadata": "MTD_DS.xml", "tilejson": "tilejson.json",
-}  # fmt: skip
+    "SCL": "SCL.tif",
+    "AOT": "AOT.tif",
+    "WVP": "WVP.tif",
+    "visual": "TCI.tif",
+    "cloud": "CLD_20m.tif",
+    "snow": "SNW_20m.tif",
+    "preview": "L2A_PVI.tif",
+    "thumbnail": "L2A_PVI.jpg",
+    "granule_metadata": "metadata.xml",
+    "tileinfo_metadata": "tileInfo.json",
+    "product_metadata": "product_metadata.xml",
+    "granule-metadata": "MTD_TL.xml",
+    "product-metadata": "MTD_MSIL2A.xml",
+    "safe-manifest": "manifest.safe",
+    "inspire-metadata": "INSPIRE.xml",
+    "datastrip-metadata": "MTD_DS.xml",
+    "tilejson": "tilejson.json",
+}
 
 
 def make_item(flavor: Flavor, scene: Scene, rendered: RenderedScene, files: Mapping[str, AssetFile]) -> JsonDict:
@@ -237,29 +264,52 @@ def _earth_search_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDi
     visual = raster("visual", 10, "uint8")
     visual["raster:bands"] = visual["raster:bands"] * 3
     assets["visual"] = {
-        "href": files["visual"].href, "type": COG, "title": "True color image",
-        "eo:bands": _rgb_bands(pc=False), **visual, "roles": ["visual"],
-    }  # fmt: skip
+        "href": files["visual"].href,
+        "type": COG,
+        "title": "True color image",
+        "eo:bands": _rgb_bands(pc=False),
+        **visual,
+        "roles": ["visual"],
+    }
     for key, file_key, title, data_type, roles, band_fields in _ES_AUX_RASTERS:
         assets[key] = {
-            "href": files[file_key].href, "type": COG, "title": title,
-            **raster(file_key, 20, data_type, **band_fields), "roles": roles,
-        }  # fmt: skip
+            "href": files[file_key].href,
+            "type": COG,
+            "title": title,
+            **raster(file_key, 20, data_type, **band_fields),
+            "roles": roles,
+        }
     snow = raster("snow", 20, "uint8")
     del snow["gsd"]  # Earth Search writes no gsd on the snow asset
-    assets["snow"] = {"href": files["snow"].href, "type": COG, "title": "Snow Probabilities", **snow,
-                      "roles": ["data", "snow-ice"]}  # fmt: skip
+    assets["snow"] = {
+        "href": files["snow"].href,
+        "type": COG,
+        "title": "Snow Probabilities",
+        **snow,
+        "roles": ["data", "snow-ice"],
+    }
     assets["preview"] = {
-        "href": files["preview"].href, "type": COG, "title": "True color preview",
-        "eo:bands": _rgb_bands(pc=False), **_file_fields(files["preview"]), "roles": ["overview"],
-    }  # fmt: skip
+        "href": files["preview"].href,
+        "type": COG,
+        "title": "True color preview",
+        "eo:bands": _rgb_bands(pc=False),
+        **_file_fields(files["preview"]),
+        "roles": ["overview"],
+    }
     for key, media in (("granule_metadata", "xml"), ("tileinfo_metadata", "json"), ("product_metadata", "xml")):
-        assets[key] = {"href": files[key].href, "type": f"application/{media}", **_file_fields(files[key]),
-                       "roles": ["metadata"]}  # fmt: skip
+        assets[key] = {
+            "href": files[key].href,
+            "type": f"application/{media}",
+            **_file_fields(files[key]),
+            "roles": ["metadata"],
+        }
     assets["thumbnail"] = {
-        "href": files["thumbnail"].href, "type": "image/jpeg", "title": "Thumbnail of preview image",
-        **_file_fields(files["thumbnail"]), "roles": ["thumbnail"],
-    }  # fmt: skip
+        "href": files["thumbnail"].href,
+        "type": "image/jpeg",
+        "title": "Thumbnail of preview image",
+        **_file_fields(files["thumbnail"]),
+        "roles": ["thumbnail"],
+    }
     return dict(sorted(assets.items(), key=lambda kv: _ES_KEY_ORDER.index(kv[0])))
 
 
@@ -273,10 +323,30 @@ _ES_AUX_RASTERS: tuple[tuple[str, str, str, str, list[str], dict[str, Any]], ...
 
 # The asset order of real Earth Search items, for readable diffs against them.
 _ES_KEY_ORDER = [
-    "red", "green", "blue", "visual", "nir", "swir22", "rededge2", "rededge3", "rededge1", "swir16",
-    "wvp", "nir08", "scl", "aot", "coastal", "nir09", "cloud", "snow", "preview",
-    "granule_metadata", "tileinfo_metadata", "product_metadata", "thumbnail",
-]  # fmt: skip
+    "red",
+    "green",
+    "blue",
+    "visual",
+    "nir",
+    "swir22",
+    "rededge2",
+    "rededge3",
+    "rededge1",
+    "swir16",
+    "wvp",
+    "nir08",
+    "scl",
+    "aot",
+    "coastal",
+    "nir09",
+    "cloud",
+    "snow",
+    "preview",
+    "granule_metadata",
+    "tileinfo_metadata",
+    "product_metadata",
+    "thumbnail",
+]
 
 
 def _planetary_computer_item(scene: Scene, rendered: RenderedScene, files: Mapping[str, AssetFile]) -> JsonDict:
@@ -307,8 +377,15 @@ def _planetary_computer_item(scene: Scene, rendered: RenderedScene, files: Mappi
     if not scene.has_boa_offset:
         # Products of baselines before 04.00 also report dark features (seen in PC's 2019 items).
         props["s2:dark_features_percentage"] = round(shares[str(s2.SCL_DARK)], 6)
-    return _feature(PLANETARY_COMPUTER, scene, footprint(scene), props, _PC_EXTENSIONS,
-                    _planetary_computer_assets(scene, files), precision=7)  # fmt: skip
+    return _feature(
+        PLANETARY_COMPUTER,
+        scene,
+        footprint(scene),
+        props,
+        _PC_EXTENSIONS,
+        _planetary_computer_assets(scene, files),
+        precision=7,
+    )
 
 
 def _planetary_computer_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDict:
@@ -316,11 +393,15 @@ def _planetary_computer_assets(scene: Scene, files: Mapping[str, AssetFile]) -> 
         x0, y0 = scene.window_origin
         bbox = [x0, y0 - scene.size_m, x0 + scene.size_m, y0]
         return {
-            "href": files[key].href, "proj:bbox": [float(v) for v in bbox],
+            "href": files[key].href,
+            "proj:bbox": [float(v) for v in bbox],
             "proj:shape": list(scene.shape(resolution)),
             "proj:transform": _transform_list(scene, resolution, as_int=False),
-            "gsd": float(resolution), "type": COG, "roles": ["data"], "title": title,
-        }  # fmt: skip
+            "gsd": float(resolution),
+            "type": COG,
+            "roles": ["data"],
+            "title": title,
+        }
 
     assets: JsonDict = {"AOT": raster("AOT", 10, "Aerosol optical thickness (AOT)")}
     for band in sorted(s2.S2_BANDS, key=lambda b: b.name):
@@ -330,29 +411,49 @@ def _planetary_computer_assets(scene: Scene, files: Mapping[str, AssetFile]) -> 
     assets["WVP"] = raster("WVP", 10, "Water vapour (WVP)")
     assets["visual"] = raster("visual", 10, "True color image") | {"eo:bands": _rgb_bands(pc=True)}
     for key, title in (
-        ("safe-manifest", "SAFE manifest"), ("granule-metadata", "Granule metadata"),
-        ("inspire-metadata", "INSPIRE metadata"), ("product-metadata", "Product metadata"),
+        ("safe-manifest", "SAFE manifest"),
+        ("granule-metadata", "Granule metadata"),
+        ("inspire-metadata", "INSPIRE metadata"),
+        ("product-metadata", "Product metadata"),
         ("datastrip-metadata", "Datastrip metadata"),
-    ):  # fmt: skip
+    ):
         assets[key] = {"href": files[key].href, "type": "application/xml", "roles": ["metadata"], "title": title}
-    assets["tilejson"] = {"title": "TileJSON with default rendering", "href": files["tilejson"].href,
-                          "type": "application/json", "roles": ["tiles"]}  # fmt: skip
+    assets["tilejson"] = {
+        "title": "TileJSON with default rendering",
+        "href": files["tilejson"].href,
+        "type": "application/json",
+        "roles": ["tiles"],
+    }
     return assets
 
 
 _LEGACY_EXTENSIONS = [
     f"https://stac-extensions.github.io/{name}/schema.json"
     for name in (
-        "processing/v1.1.0", "projection/v1.0.0", "eo/v1.0.0", "grid/v1.0.0", "raster/v1.1.0",
-        "mgrs/v1.0.0", "view/v1.0.0",
+        "processing/v1.1.0",
+        "projection/v1.0.0",
+        "eo/v1.0.0",
+        "grid/v1.0.0",
+        "raster/v1.1.0",
+        "mgrs/v1.0.0",
+        "view/v1.0.0",
     )
-]  # fmt: skip
+]
 # Legacy Earth Search band descriptions: "Red (band 4)", "NIR 2 (band 8A)".
 _LEGACY_NAMES = {
-    "B01": "Coastal aerosol", "B02": "Blue", "B03": "Green", "B04": "Red", "B05": "Red edge 1",
-    "B06": "Red edge 2", "B07": "Red edge 3", "B08": "NIR 1", "B8A": "NIR 2", "B09": "NIR 3",
-    "B11": "SWIR 1", "B12": "SWIR 2",
-}  # fmt: skip
+    "B01": "Coastal aerosol",
+    "B02": "Blue",
+    "B03": "Green",
+    "B04": "Red",
+    "B05": "Red edge 1",
+    "B06": "Red edge 2",
+    "B07": "Red edge 3",
+    "B08": "NIR 1",
+    "B8A": "NIR 2",
+    "B09": "NIR 3",
+    "B11": "SWIR 1",
+    "B12": "SWIR 2",
+}
 
 
 def _legacy_earth_search_item(scene: Scene, rendered: RenderedScene, files: Mapping[str, AssetFile]) -> JsonDict:
@@ -422,25 +523,49 @@ def _legacy_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDict:
 
     cogs: JsonDict = {}
     reflectance_roles = ["data", "reflectance"]
-    cogs["aot"] = {"href": files["AOT"].href, "type": COG, "title": "Aerosol optical thickness (AOT)",
-                   **raster("AOT", 20, scale=0.001, offset=0), "roles": reflectance_roles}  # fmt: skip
+    cogs["aot"] = {
+        "href": files["AOT"].href,
+        "type": COG,
+        "title": "Aerosol optical thickness (AOT)",
+        **raster("AOT", 20, scale=0.001, offset=0),
+        "roles": reflectance_roles,
+    }
     for band in s2.S2_BANDS:
         described = eo_band(band)
         cogs[band.earth_search_key] = {
-            "href": files[band.name].href, "type": COG,
-            "title": f"{described['description']} - {band.resolution}m", "eo:bands": [described],
-            "gsd": band.resolution, **raster(band.name, band.resolution, scale=0.0001, offset=offset),
+            "href": files[band.name].href,
+            "type": COG,
+            "title": f"{described['description']} - {band.resolution}m",
+            "eo:bands": [described],
+            "gsd": band.resolution,
+            **raster(band.name, band.resolution, scale=0.0001, offset=offset),
             "roles": reflectance_roles,
-        }  # fmt: skip
-    cogs["scl"] = {"href": files["SCL"].href, "type": COG, "title": "Scene classification map (SCL)",
-                   **raster("SCL", 20, "uint8"), "roles": reflectance_roles}  # fmt: skip
+        }
+    cogs["scl"] = {
+        "href": files["SCL"].href,
+        "type": COG,
+        "title": "Scene classification map (SCL)",
+        **raster("SCL", 20, "uint8"),
+        "roles": reflectance_roles,
+    }
     visual = raster("visual", 10)
     del visual["raster:bands"]
     rgb = [eo_band(s2.BAND_BY_NAME[name]) for name in ("B04", "B03", "B02")]
-    cogs["visual"] = {"href": files["visual"].href, "type": COG, "title": "True color image", "eo:bands": rgb,
-                      **visual, "roles": ["visual"]}  # fmt: skip
-    cogs["wvp"] = {"href": files["WVP"].href, "type": COG, "title": "Water vapour (WVP)",
-                   **raster("WVP", 20, unit="cm", scale=0.001, offset=0), "roles": reflectance_roles}  # fmt: skip
+    cogs["visual"] = {
+        "href": files["visual"].href,
+        "type": COG,
+        "title": "True color image",
+        "eo:bands": rgb,
+        **visual,
+        "roles": ["visual"],
+    }
+    cogs["wvp"] = {
+        "href": files["WVP"].href,
+        "type": COG,
+        "title": "Water vapour (WVP)",
+        **raster("WVP", 20, unit="cm", scale=0.001, offset=0),
+        "roles": reflectance_roles,
+    }
     assets: JsonDict = {}
     for key, asset in cogs.items():
         assets[key] = asset
@@ -452,15 +577,24 @@ def _legacy_assets(scene: Scene, files: Mapping[str, AssetFile]) -> JsonDict:
         assets[f"{key}-jp2"] = asset | {"href": jp2, "type": "image/jp2"}
     for key, media in (("granule_metadata", "application/xml"), ("tileinfo_metadata", "application/json")):
         assets[key] = {"href": files[key].href, "type": media, "roles": ["metadata"]}
-    assets["thumbnail"] = {"href": files["thumbnail"].href, "type": "image/jpeg", "title": "Thumbnail image",
-                           "roles": ["thumbnail"]}  # fmt: skip
+    assets["thumbnail"] = {
+        "href": files["thumbnail"].href,
+        "type": "image/jpeg",
+        "title": "Thumbnail image",
+        "roles": ["thumbnail"],
+    }
     return dict(sorted(assets.items()))
 
 
 def _feature(
-    flavor: Flavor, scene: Scene, area: Geometry, props: JsonDict, extensions: list[str], assets: JsonDict,
+    flavor: Flavor,
+    scene: Scene,
+    area: Geometry,
+    props: JsonDict,
+    extensions: list[str],
+    assets: JsonDict,
     precision: int,
-) -> JsonDict:  # fmt: skip
+) -> JsonDict:
     geometry = area.json
     return {
         "type": "Feature",
@@ -525,17 +659,25 @@ def _cloud_cover(shares: Mapping[str, float]) -> float:
 
 # Earth Search writes an exact zero of these as a JSON integer ("s2:snow_ice_percentage": 0).
 _ES_INTEGER_ZEROS = {
-    "s2:degraded_msi_data_percentage", "s2:nodata_pixel_percentage", "s2:saturated_defective_pixel_percentage",
-    "s2:cloud_shadow_percentage", "s2:vegetation_percentage", "s2:unclassified_percentage",
-    "s2:thin_cirrus_percentage", "s2:snow_ice_percentage",
-}  # fmt: skip
+    "s2:degraded_msi_data_percentage",
+    "s2:nodata_pixel_percentage",
+    "s2:saturated_defective_pixel_percentage",
+    "s2:cloud_shadow_percentage",
+    "s2:vegetation_percentage",
+    "s2:unclassified_percentage",
+    "s2:thin_cirrus_percentage",
+    "s2:snow_ice_percentage",
+}
 
 
 # The same for the legacy collection (as seen in its real items).
 _LEGACY_INTEGER_ZEROS = {
-    "s2:cloud_shadow_percentage", "s2:degraded_msi_data_percentage", "s2:saturated_defective_pixel_percentage",
-    "s2:snow_ice_percentage", "s2:thin_cirrus_percentage",
-}  # fmt: skip
+    "s2:cloud_shadow_percentage",
+    "s2:degraded_msi_data_percentage",
+    "s2:saturated_defective_pixel_percentage",
+    "s2:snow_ice_percentage",
+    "s2:thin_cirrus_percentage",
+}
 
 
 def _es_number(key: str, value: float, integer_zeros: set[str] = _ES_INTEGER_ZEROS) -> float | int:

@@ -46,8 +46,10 @@ def serve_catalogs(
     log = (workdir / "rustac.log").open("w")
     process = subprocess.Popen(
         [_rustac_executable(), "serve", "--addr", f"127.0.0.1:{port}", *paths],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_ready(url, process, startup_timeout_s, workdir / "rustac.log")

@@ -53,7 +53,6 @@ _ENDMEMBERS = {
     LandCover.WINTER_CROP: (_SOIL, _CROP),
     LandCover.BARE: (_URBAN, _URBAN),
 }
-BAND_INDEX = {band.name: i for i, band in enumerate(s2.S2_BANDS)}
 
 
 @dataclass(frozen=True)
