@@ -31,7 +31,7 @@ from aef_pipeline.errors import AefError, AefWarning, StorageFullError, TileUnre
 from aef_pipeline.grid import BBox
 from aef_pipeline.load import load_selection, report_read_failures
 from aef_pipeline.lock import store_lock
-from aef_pipeline.model import LoadedModel, ModelSpec, load_model, load_spec, provenance_of
+from aef_pipeline.model import LoadedModel, ModelSpec, check_weights, load_model, load_spec, provenance_of
 from aef_pipeline.plan import Period, Plan, TileTask, plan_tasks, task_cost
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.report import RunReport, TaskResult, TaskStatus
@@ -81,6 +81,7 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
     started = time.perf_counter()
     request = fixed_threads(request, available_cores())
     spec = load_spec(request.model)
+    check_weights(spec)  # a bad checkpoint is refused before anything is written
     tasks = plan_tasks(request.bbox, request.periods, spec.core)
     report = RunReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), describe(request))
     with store_lock(request.output):
@@ -197,8 +198,14 @@ def load_and_encode(
     load_area = area.pad(required_halo(spec, request.overlap))
     with report_read_failures() as failures:
         with result.timed("load"):
-            loaded = load_selection(selection, load_area, spec.bands, request.environment.gdal,
-                                    chunk_rows=options.read_rows, reader=request.environment.reader)
+            loaded = load_selection(
+                selection,
+                load_area,
+                spec.bands,
+                request.environment.gdal,
+                chunk_rows=options.read_rows,
+                reader=request.environment.reader,
+            )
             cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
         with result.timed("encode"):  # includes the lazy reads of the reflectance bands
             embeddings = encode_cube(cube, task.period, model.encoder, spec, options, provenance=model.provenance)

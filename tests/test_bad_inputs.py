@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ import torch
 from aef_pipeline.cli import main
 
 TINY_SPEC = Path(__file__).resolve().parents[1] / "models" / "tiny.toml"
-BBOX = ["--bbox", "15.062", "46.197", "15.068", "46.203"]
+BBOX = ("--bbox", "15.062", "46.197", "15.068", "46.203")
+RUN = ("run", "--stac", "{stac}", "--device", "cpu", "--workers", "1")
+AREA = (*BBOX, "--years", "2022", "--out", "{out}")
 
 
 def spec_with_weights(folder: Path, file: str, content: bytes | None, sha256: str | None = None) -> Path:
@@ -28,91 +31,212 @@ def spec_with_weights(folder: Path, file: str, content: bytes | None, sha256: st
     return spec
 
 
-def _cases(tmp: Path, catalog: str) -> dict[str, tuple[list[str], str]]:
-    """name -> (argv, a phrase the error must contain). `OUT` stands for the output path."""
-    bad_toml = tmp / "bad.toml"
-    bad_toml.write_text("bbox = [1, 2\n")
-    unknown_key = tmp / "unknown.toml"
-    unknown_key.write_text('colour = "blue"\n')
-    wrong_type = tmp / "wrong.toml"
-    wrong_type.write_text('bbox = "everywhere"\n')
-    bad_spec = tmp / "bad-spec.toml"
-    bad_spec.write_text("name = 'broken'\n[model\n")
-    a_file = tmp / "a-file"
-    a_file.write_text("not a store")
-    not_store = tmp / "not-a-store"
-    not_store.mkdir()
-    (not_store / "notes.txt").write_text("mine")
-    full_dir = tmp / "full"
-    full_dir.mkdir()
-    (full_dir / "x").write_text("x")
+def write_fixtures(tmp: Path) -> dict[str, str]:
+    """The input files the table's rows point at, written into `tmp`: placeholder name -> path."""
+    files = {"bad_toml": tmp / "bad.toml", "unknown_key": tmp / "unknown.toml", "wrong_type": tmp / "wrong.toml"}
+    files["bad_toml"].write_text("bbox = [1, 2\n")
+    files["unknown_key"].write_text('colour = "blue"\n')
+    files["wrong_type"].write_text('bbox = "everywhere"\n')
+    files["digits_bbox"] = tmp / "digits.toml"
+    files["digits_bbox"].write_text('bbox = "1234"\nyears = "2022"\n')
+    files["word_bbox"] = tmp / "word.toml"
+    files["word_bbox"].write_text('bbox = [15, 46, 16, "x"]\nyears = "2022"\n')
+    files["bad_spec"] = tmp / "bad-spec.toml"
+    files["bad_spec"].write_text("name = 'broken'\n[model\n")
+    files["a_file"] = tmp / "a-file"
+    files["a_file"].write_text("not a store")
+    files["not_store"] = tmp / "not-a-store"
+    files["not_store"].mkdir()
+    (files["not_store"] / "notes.txt").write_text("mine")
+    files["full_dir"] = tmp / "full"
+    files["full_dir"].mkdir()
+    (files["full_dir"] / "x").write_text("x")
     pickled = io.BytesIO()
     torch.save({"blocks.0.weight": torch.zeros(2)}, pickled)  # a pickle, whatever its name says
-    pt_spec = spec_with_weights(tmp, "tiny.pt", pickled.getvalue())
-    disguised_spec = spec_with_weights(tmp, "tiny.safetensors", pickled.getvalue())
-    wrong_hash_spec = spec_with_weights(tmp, "other.safetensors", b"{}", sha256="0" * 64)
-    run = ["run", "--stac", catalog, "--device", "cpu", "--workers", "1"]
-    area = [*BBOX, "--years", "2022", "--out", "OUT"]
-    return {
-        "no bbox": ([*run, "--years", "2022", "--out", "OUT"], "--bbox"),
-        "bbox of three numbers": ([*run, "--bbox", "1", "2", "3", "--years", "2022", "--out", "OUT"], "4"),
-        "bbox south above north": ([*run, "--bbox", "15", "47", "16", "46", "--years", "2022", "--out", "OUT"],
-                                   "south"),
-        "bbox latitude 95": ([*run, "--bbox", "15", "46", "16", "95", "--years", "2022", "--out", "OUT"], "95"),
-        "bbox not numbers": ([*run, "--bbox", "a", "b", "c", "d", "--years", "2022", "--out", "OUT"], "bbox"),
-        "no output": ([*run, *BBOX, "--years", "2022"], "--out"),
-        "year before 2017": ([*run, *BBOX, "--years", "2016", "--out", "OUT"], "2017"),
-        "year after 2024": ([*run, *BBOX, "--years", "2025", "--out", "OUT"], "2024"),
-        "years inverted": ([*run, *BBOX, "--years", "2024-2020", "--out", "OUT"], "2020"),
-        "years not a year": ([*run, *BBOX, "--years", "recent", "--out", "OUT"], "recent"),
-        "period malformed": ([*run, *BBOX, "--period", "2022-13-01/2023-01-01", "--out", "OUT"], "period"),
-        "period ends first": ([*run, *BBOX, "--period", "2022-06-01/2022-01-01", "--out", "OUT"], "period"),
-        "unknown model": ([*run, *area, "--model", "huge"], "tiny"),
-        "model file missing": ([*run, *area, "--model", str(tmp / "missing.toml")], "missing.toml"),
-        "model file not TOML": ([*run, *area, "--model", str(bad_spec)], "bad-spec.toml"),
-        "model weights a pickle file": ([*run, *area, "--model", str(pt_spec)], "never pickle"),
-        "model weights pickle named .safetensors": ([*run, *area, "--model", str(disguised_spec)],
-                                                    "not a safetensors file"),
-        "model weights with another hash": ([*run, *area, "--model", str(wrong_hash_spec)], "sha256"),
-        "unknown storage": ([*run, *area, "--storage", "int4"], "int4"),
-        "unknown device": ([*run, *area, "--device", "tpu"], "tpu"),
-        "unknown flag": ([*run, *area, "--colour", "blue"], "--colour"),
-        "abbreviated flag": ([*run, *BBOX, "--year", "2022", "--out", "OUT"], "--year"),
-        "config file missing": ([*run, "--config", str(tmp / "none.toml"), "--out", "OUT"], "none.toml"),
-        "config not TOML": ([*run, "--config", str(bad_toml), "--out", "OUT"], "bad.toml"),
-        "config unknown key": ([*run, "--config", str(unknown_key), "--out", "OUT"], "colour"),
-        "config wrong type": ([*run, "--config", str(wrong_type), "--out", "OUT"], "bbox"),
-        "output is a file": ([*run, *BBOX, "--years", "2022", "--out", str(a_file)], "a-file"),
-        "output holds other files": ([*run, *BBOX, "--years", "2022", "--out", str(not_store)], "not-a-store"),
-        "output unwritable": ([*run, *BBOX, "--years", "2022", "--out", "/proc/aef/field.zarr"], "/proc"),
-        "scheduler unreachable": (["run", "--stac", catalog, *area, "--scheduler", "tcp://127.0.0.1:9"], "127.0.0.1:9"),
-        "catalog unreachable (plan)": (["plan", "--stac", "http://127.0.0.1:9/", *BBOX, "--years", "2022"],
-                                       "127.0.0.1:9"),
-        "unknown collection (plan)": (["plan", "--stac", catalog, "--collection", "landsat", *BBOX, "--years", "2022"],
-                                      "landsat"),
-        "demo catalog into a full directory": (["demo-catalog", str(full_dir)], "full"),
-        "info on something else": (["info", str(not_store)], "not-a-store"),
-        "verify on something else": (["verify", str(not_store)], "not-a-store"),
-    }  # fmt: skip
+    files["pt_spec"] = spec_with_weights(tmp, "tiny.pt", pickled.getvalue())
+    files["disguised_spec"] = spec_with_weights(tmp, "tiny.safetensors", pickled.getvalue())
+    files["wrong_hash_spec"] = spec_with_weights(tmp, "other.safetensors", b"{}", sha256="0" * 64)
+    return {name: str(path) for name, path in files.items()}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One mistake: the command line and the phrases its one-line error must all contain. Both may
+    hold placeholders: {tmp} (the test's folder), {out} (an output path in it), {stac} (the test
+    catalog's URL) and the names `write_fixtures` returns."""
+
+    name: str
+    argv: tuple[str, ...]
+    phrases: tuple[str, ...]
 
 
 CASES = [
-    "no bbox", "bbox of three numbers", "bbox south above north", "bbox latitude 95", "bbox not numbers", "no output",
-    "year before 2017", "year after 2024", "years inverted", "years not a year", "period malformed",
-    "period ends first", "unknown model", "model file missing", "model file not TOML", "model weights a pickle file",
-    "model weights pickle named .safetensors", "model weights with another hash", "unknown storage",
-    "unknown device", "unknown flag", "abbreviated flag", "config file missing", "config not TOML",
-    "config unknown key", "config wrong type", "output is a file", "output holds other files", "output unwritable",
-    "scheduler unreachable", "catalog unreachable (plan)", "unknown collection (plan)",
-    "demo catalog into a full directory", "info on something else", "verify on something else",
-]  # fmt: skip
+    Case("no bbox", (*RUN, "--years", "2022", "--out", "{out}"), ("no area given", "pass --bbox W S E N")),
+    Case(
+        "bbox of three numbers",
+        (*RUN, "--bbox", "1", "2", "3", "--years", "2022", "--out", "{out}"),
+        ("argument --bbox: expected 4 arguments",),
+    ),
+    Case(
+        "bbox south above north",
+        (*RUN, "--bbox", "15", "47", "16", "46", "--years", "2022", "--out", "{out}"),
+        ("south must be below north",),
+    ),
+    Case(
+        "bbox latitude 95",
+        (*RUN, "--bbox", "15", "46", "16", "95", "--years", "2022", "--out", "{out}"),
+        ("north 95.0 is outside -90..90",),
+    ),
+    Case(
+        "bbox not numbers",
+        (*RUN, "--bbox", "a", "b", "c", "d", "--years", "2022", "--out", "{out}"),
+        ("argument --bbox: invalid float value: 'a'",),
+    ),
+    Case("no output", (*RUN, *BBOX, "--years", "2022"), ("no output given", "pass --out PATH")),
+    Case(
+        "year before 2017",
+        (*RUN, *BBOX, "--years", "2016", "--out", "{out}"),
+        ("--years '2016' is outside 2017-2024",),
+    ),
+    Case(
+        "year after 2024",
+        (*RUN, *BBOX, "--years", "2025", "--out", "{out}"),
+        ("--years '2025' is outside 2017-2024",),
+    ),
+    Case(
+        "years inverted",
+        (*RUN, *BBOX, "--years", "2024-2020", "--out", "{out}"),
+        ("--years '2024-2020' is an inverted range", "write the earlier year first"),
+    ),
+    Case(
+        "years not a year",
+        (*RUN, *BBOX, "--years", "recent", "--out", "{out}"),
+        ("--years 'recent' is not understood", "write a year"),
+    ),
+    Case(
+        "period malformed",
+        (*RUN, *BBOX, "--period", "2022-13-01/2023-01-01", "--out", "{out}"),
+        ("--period '2022-13-01/2023-01-01' is not understood", "as ISO dates"),
+    ),
+    Case(
+        "period ends first",
+        (*RUN, *BBOX, "--period", "2022-06-01/2022-01-01", "--out", "{out}"),
+        ("period 2022-06-01..2022-01-01 is empty", "end must follow start"),
+    ),
+    Case("unknown model", (*RUN, *AREA, "--model", "huge"), ("model spec 'huge' not found", "known specs:")),
+    Case(
+        "model file missing",
+        (*RUN, *AREA, "--model", "{tmp}/missing.toml"),
+        ("model spec '{tmp}/missing.toml' not found",),
+    ),
+    Case("model file not TOML", (*RUN, *AREA, "--model", "{bad_spec}"), ("model spec {bad_spec} is not valid TOML",)),
+    Case(
+        "model weights a pickle file",
+        (*RUN, *AREA, "--model", "{pt_spec}"),
+        ("weights file tiny.pt is not .safetensors", "never pickle"),
+    ),
+    Case(
+        "model weights pickle named .safetensors",
+        (*RUN, *AREA, "--model", "{disguised_spec}"),
+        ("{tmp}/tiny.safetensors are not a safetensors file", "never pickle"),
+    ),
+    Case(
+        "model weights with another hash",
+        (*RUN, *AREA, "--model", "{wrong_hash_spec}"),
+        ("{tmp}/other.safetensors have sha256 ", f"the spec expects {'0' * 64}: refusing to load"),
+    ),
+    Case("unknown storage", (*RUN, *AREA, "--storage", "int4"), ("argument --storage: invalid choice: 'int4'",)),
+    Case("unknown device", (*RUN, *AREA, "--device", "tpu"), ("device 'tpu' is not understood",)),
+    Case("unknown flag", (*RUN, *AREA, "--colour", "blue"), ("unrecognized arguments: --colour blue",)),
+    Case(
+        "abbreviated flag",
+        (*RUN, *BBOX, "--year", "2022", "--out", "{out}"),
+        ("unrecognized arguments: --year 2022",),
+    ),
+    Case(
+        "config file missing",
+        (*RUN, "--config", "{tmp}/none.toml", "--out", "{out}"),
+        ("--config {tmp}/none.toml cannot be read", "No such file or directory"),
+    ),
+    Case(
+        "config not TOML",
+        (*RUN, "--config", "{bad_toml}", "--out", "{out}"),
+        ("--config {bad_toml} cannot be read", "Unclosed array"),
+    ),
+    Case(
+        "config unknown key",
+        (*RUN, "--config", "{unknown_key}", "--out", "{out}"),
+        ("--config {unknown_key}: unknown option colour",),
+    ),
+    Case(
+        "config wrong type",
+        (*RUN, "--config", "{wrong_type}", "--out", "{out}"),
+        ("bbox 'everywhere' is not four numbers", "give bbox = [W, S, E, N] in --config"),
+    ),
+    Case(
+        "config bbox of digits",  # a string of four digits must not become the bbox 1, 2, 3, 4
+        (*RUN, "--config", "{digits_bbox}", "--out", "{out}"),
+        ("bbox '1234' is not four numbers",),
+    ),
+    Case(
+        "config bbox with a word",
+        (*RUN, "--config", "{word_bbox}", "--out", "{out}"),
+        ("bbox [15, 46, 16, 'x'] is not four numbers",),
+    ),
+    Case(
+        "output is a file",
+        (*RUN, *BBOX, "--years", "2022", "--out", "{a_file}"),
+        ("{a_file} exists and is not a directory",),
+    ),
+    Case(
+        "output holds other files",
+        (*RUN, *BBOX, "--years", "2022", "--out", "{not_store}"),
+        ("{not_store} holds something that is not an embedding store",),
+    ),
+    Case(
+        "output unwritable",
+        (*RUN, *BBOX, "--years", "2022", "--out", "/proc/aef/field.zarr"),
+        ("cannot create /proc/aef/field.zarr.lock", "choose a writable --out"),
+    ),
+    Case("threads zero", (*RUN, *AREA, "--threads", "0"), ("--threads 0 is not a thread count",)),
+    Case(
+        "scheduler unreachable",
+        ("run", "--stac", "{stac}", *AREA, "--scheduler", "tcp://127.0.0.1:9"),
+        ("dask scheduler tcp://127.0.0.1:9 did not answer",),
+    ),
+    Case(
+        "catalog unreachable (plan)",
+        ("plan", "--stac", "http://127.0.0.1:9/", *BBOX, "--years", "2022"),
+        ("STAC catalog http://127.0.0.1:9/ did not answer",),
+    ),
+    Case(
+        "unknown collection (plan)",
+        ("plan", "--stac", "{stac}", "--collection", "landsat", *BBOX, "--years", "2022"),
+        ("collection landsat not found", "it has: "),
+    ),
+    Case(
+        "demo catalog into a full directory",
+        ("demo-catalog", "{full_dir}"),
+        ("{full_dir} exists and is not an empty directory",),
+    ),
+    Case("info on something else", ("info", "{not_store}"), ("{not_store} is not an aef-pipeline embedding store",)),
+    Case(
+        "verify on something else",
+        ("verify", "{not_store}"),
+        ("{not_store} is not an aef-pipeline embedding store",),
+    ),
+]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input(case: str, tmp_path: Path, stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:
-    argv, phrase = _cases(tmp_path, stac_api)[case]
+def test_case_names_are_unique() -> None:
+    assert len({case.name for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input(case: Case, tmp_path: Path, stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "field.zarr"
-    argv = [str(out) if arg == "OUT" else arg for arg in argv]
+    paths = {**write_fixtures(tmp_path), "tmp": str(tmp_path), "out": str(out), "stac": stac_api}
+    argv = [arg.format_map(paths) for arg in case.argv]
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SystemExit) as exited:
         raise SystemExit(main(argv))
@@ -120,6 +244,7 @@ def test_bad_input(case: str, tmp_path: Path, stac_api: str, capsys: pytest.Capt
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert err[0].startswith("aef-pipeline: error: ")
-    assert phrase in err[0]
+    for phrase in case.phrases:
+        assert phrase.format_map(paths) in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside the inputs
     assert not Path(str(out) + ".lock").exists()

@@ -58,7 +58,7 @@ def test_parse_years(text: str, years: tuple[int, ...]) -> None:
 
 
 def test_parse_years_rejects_empty() -> None:
-    with pytest.raises(UserInputError):
+    with pytest.raises(UserInputError, match=r"^--years '' is not understood: write a year \(2020\)"):
         parse_years("", 2017, 2024)
 
 

@@ -88,11 +88,11 @@ def request_from(args: argparse.Namespace) -> RunRequest:
     from aef_pipeline.run import RunRequest
     from aef_pipeline.search import CatalogConfig
 
-    if not args.bbox or len(args.bbox) != 4:
+    if not args.bbox:
         raise UserInputError("no area given: pass --bbox W S E N (or bbox = [W, S, E, N] in --config)")
     if hasattr(args, "out") and args.out is None:
         raise UserInputError('no output given: pass --out PATH (or out = "PATH" in --config)')
-    west, south, east, north = (float(v) for v in args.bbox)
+    west, south, east, north = _four_numbers(args.bbox)
     bbox = BBox(west, south, east, north, crosses_antimeridian=west > east)
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
@@ -112,6 +112,20 @@ def request_from(args: argparse.Namespace) -> RunRequest:
         storage=getattr(args, "storage", "int8"),
         environment=TaskEnvironment(torch_threads=threads),
     )
+
+
+def _four_numbers(bbox: Any) -> tuple[float, float, float, float]:
+    """--bbox's four floats; a --config file's `bbox` may hold anything."""
+    problem = UserInputError(
+        f"bbox {bbox!r} is not four numbers: give bbox = [W, S, E, N] in --config, or --bbox W S E N"
+    )
+    if isinstance(bbox, str | bytes) or not isinstance(bbox, Sequence) or len(bbox) != 4:
+        raise problem
+    try:
+        west, south, east, north = (float(value) for value in bbox)
+    except (TypeError, ValueError):
+        raise problem from None
+    return west, south, east, north
 
 
 def _demo_stac() -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -47,6 +49,20 @@ def load_model(name_or_path: str) -> LoadedModel:
     return LoadedModel(spec, encoder, provenance)
 
 
+def check_weights(spec: ModelSpec) -> None:
+    """Refuse a checkpoint that does not fit its spec (missing, another hash, not safetensors, other
+    tensors) without building the model: a run checks this on the client before it writes
+    anything, and the workers build the model. The expected shapes come from a model on torch's
+    meta device (no memory); the file's from its safetensors header."""
+    if not spec.weights.trained:
+        return
+    path = _weights_path(spec)
+    _check_hash(path, spec.weights.sha256)
+    with torch.device("meta"):
+        expected = _shapes(STPEncoder(spec))
+    _check_keys(expected, _stored_shapes(path), path)
+
+
 def provenance_of(spec: ModelSpec) -> Provenance:
     """Where the spec's weights come from, read from the spec alone (no model is built)."""
     if spec.weights.trained:
@@ -59,8 +75,10 @@ def build_model(spec: ModelSpec) -> tuple[STPEncoder, Provenance]:
     model = STPEncoder(spec)
     if spec.weights.trained:
         path = _weights_path(spec)
-        state = _read_checked(path, spec.weights.sha256)
-        _check_keys(model, state, path)
+        _check_hash(path, spec.weights.sha256)
+        with _as_checkpoint_error(path):
+            state = load_file(str(path))
+        _check_keys(_shapes(model), {name: tuple(t.shape) for name, t in state.items()}, path)
         model.load_state_dict(state, strict=True)
     else:
         initialise(model, spec.weights.seed)
@@ -108,13 +126,21 @@ def _weights_path(spec: ModelSpec) -> Path:
     return path
 
 
-def _read_checked(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+def _check_hash(path: Path, sha256: str) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != sha256.lower():
-        raise CheckpointError(f"weights {path} have sha256 {digest}, the spec expects {sha256}: refusing to load")
+        raise CheckpointError(
+            f"weights {path} have sha256 {digest}, the spec expects {sha256}: refusing to load; fetch the "
+            "weights again, or put the file's sha256 in the spec if you trust this file"
+        )
+
+
+@contextmanager
+def _as_checkpoint_error(path: Path) -> Iterator[None]:
+    """A file safetensors cannot parse becomes a one-line CheckpointError. safetensors only ever
+    reads a JSON header and raw tensor bytes: nothing in the file runs."""
     try:
-        # safetensors only ever reads a JSON header and raw tensor bytes: nothing in the file runs.
-        return load_file(str(path))
+        yield
     except SafetensorError as error:
         raise CheckpointError(
             f"weights {path} are not a safetensors file ({error}): checkpoints load only as safetensors, never "
@@ -122,10 +148,18 @@ def _read_checked(path: Path, sha256: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _check_keys(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensors' names and shapes from the file's header, without reading the tensors."""
+    with _as_checkpoint_error(path), safe_open(str(path), framework="pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _check_keys(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], path: Path) -> None:
     """Refuse before copying anything, so a mismatch never leaves a half-loaded model."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in state.items()}
     missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
     wrong = sorted(name for name in expected.keys() & got.keys() if expected[name] != got[name])
     if missing or unexpected or wrong:
