@@ -18,6 +18,11 @@ from odc.geo.gridspec import GridSpec
 from aef_pipeline.errors import UserInputError
 
 RESOLUTION_M = 10
+# Lon/lat outlines are split every DENSIFY_DEGREES (about 100 m) before they are projected, so a
+# bbox's edges follow their true curves in UTM: odc-geo's `to_crs(resolution=)` is in the source
+# CRS's units, degrees here (in metres it split nothing, and a 2-degree-wide bbox lost up to 435 px
+# of its projected edge, and whole tiles along it).
+DENSIFY_DEGREES = 0.001
 # Dimensions of every embedding: the published product's 64 bands A00..A63.
 EMBEDDING_DIM = 64
 # 1920 px = 19.2 km: a whole number of the encoder's 96 px window cores and 128 px windows.
@@ -102,7 +107,7 @@ def tiles_for_bbox(bbox: BBox) -> list[TileId]:
     found: set[TileId] = set()
     for zone, hemisphere, part in _zone_parts(bbox):
         grid = zone_grid(zone, hemisphere)
-        projected = part.to_crs(grid.crs, resolution=RESOLUTION_M * 50)
+        projected = part.to_crs(grid.crs, resolution=DENSIFY_DEGREES)
         for (col, row), tile in grid.tiles(projected.boundingbox):
             if tile.extent.intersects(projected):
                 found.add(TileId(zone, hemisphere, col, row))

@@ -20,7 +20,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
+from aef_pipeline.grid import DENSIFY_DEGREES, RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
 
 # The years the product covers (annual layers, as the published embeddings).
 PRODUCT_YEARS = (2017, 2024)
@@ -165,7 +165,7 @@ def task_window(tile: TileId, bbox: BBox, core: int) -> Window | None:
 def _span_window(tile: TileId, bbox: BBox, west: float, east: float, core: int) -> Window | None:
     geobox = tile.geobox
     area = box(west, bbox.south, east, bbox.north, crs="EPSG:4326")
-    projected = area.to_crs(tile.epsg, resolution=RESOLUTION_M * 10).intersection(geobox.extent)
+    projected = area.to_crs(tile.epsg, resolution=DENSIFY_DEGREES).intersection(geobox.extent)
     if projected.is_empty:
         return None
     left, bottom, right, top = projected.boundingbox

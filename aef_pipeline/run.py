@@ -288,7 +288,7 @@ def progress(output: Path, tasks: list[TileTask]) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # zarr's, about an array without its metadata yet
-            done = str(sum(finished(output, task.tile, task.period, task.window) for task in tasks))
+            done = str(sum(finished(output, t.tile, t.period, t.window) for t in tasks) if output.exists() else 0)
     except Exception as error:
         done = f"? (the store could not be read: {type(error).__name__})"
     return f"{done} of {len(tasks)} tile-periods complete"

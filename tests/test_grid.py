@@ -97,3 +97,10 @@ def test_bbox_across_the_equator() -> None:
 def test_bad_bbox_is_a_clear_error(west: float, south: float, east: float, north: float, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         BBox(west, south, east, north)
+
+
+def test_a_wide_bbox_keeps_the_tiles_under_its_curved_edge() -> None:
+    # The south edge of a zone-wide bbox is a parallel, curved in UTM: projected as a chord between
+    # its corners (before grid.DENSIFY_DEGREES), the row of tiles under it was lost.
+    tiles = {str(tile) for tile in tiles_for_bbox(BBox(6.0, 46.1, 11.99999, 46.6))}
+    assert {f"32N_c{col:03d}_r0265" for col in range(17, 35)} <= tiles
