@@ -12,11 +12,13 @@ windows with similar frame counts are batched together, padded with masked frame
 of `frame_bucket`; memory per batch is bounded by batch_size x frames x L^2.
 
 A window's embedding is bit-identical whatever its batch-mates: every forward pass of a frame
-bucket has the same shape (a short last batch is filled with masked dummy windows), because CPU
-and GPU kernels pick their blocking, and so their rounding, by shape (measured: a window alone vs
-in a batch of 8 differed by 1.5e-7). Within a shape, the model computes each window alike
-whatever its place in the batch and the thread count (tests/test_encoder.py checks every place,
-1 and 2 threads, and the AVX2 kernels), so how tasks split an area never changes a value.
+bucket has the same shape, because CPU and GPU kernels pick their blocking, and so their
+rounding, by shape (measured: a window alone vs in a batch of 8 differed by 1.5e-7). Windows wait
+for their bucket's batch across window rows, so only the last batch of each bucket in a cube is
+filled up with masked dummy windows (0.2 % of the windows of a 1,008 px `tiny` task). Within a
+shape, the model computes each window alike whatever its place in the batch and the thread count
+(tests/test_encoder.py checks every place, 1 and 2 threads, and the AVX2 kernels), so how tasks
+split an area never changes a value.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +62,8 @@ class EncodeOptions:
     loads chunks of this many rows). Memory: about (read_rows + L) x width x frames x bands x 4 bytes."""
     frames_per_batch: int = 1024
     """At most this many (window, frame) pairs per forward: a batch of long time series shrinks so
-    memory stays bounded whatever a year holds (a full year is 70-150 frames per window)."""
+    memory stays bounded whatever a year holds (a full year is 70-150 frames per window). As many
+    at most wait, across window rows, for their batch to fill."""
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,18 @@ def encode_cube(
     period_ms = torch.tensor([to_ms(period.start), to_ms(period.end)], dtype=torch.int64)
     total = np.zeros((spec.output_dim, height, width), np.float32)  # sums of at most four tapered unit vectors
     observations = np.zeros((cube.sizes["y"], cube.sizes["x"]), np.int16)  # filled as the cube is read
-    for row_block, windows in _window_rows(cube, spec, stride, height, width, options.read_rows, observations):
-        for batch in _batches(windows, options):
-            vectors = _run(model, spec, row_block, batch, times, period_ms, device)
-            _accumulate(total, vectors, batch.windows, spec, halo, options.overlap)
+    held: dict[tuple[int, int], _WindowInput] = {}  # inputs of the windows waiting for their batch
+
+    def windows() -> Iterator[_Window]:
+        for row_block, row in _window_rows(cube, spec, stride, height, width, options.read_rows, observations):
+            for window in row:
+                held[window.row, window.col] = _window_input(row_block, window, times, spec)
+                yield window
+
+    for batch in _batches(windows(), options):
+        inputs = [held.pop((window.row, window.col)) for window in batch.windows]
+        vectors = _run(model, batch, inputs, period_ms, device)
+        _accumulate(total, vectors, batch.windows, spec, halo, options.overlap)
     field = _assemble(cube, total, observations, halo, height, width, spec)
     field.attrs.update(
         model=spec.name,
@@ -227,44 +238,69 @@ def _row_windows(top: int, valid: np.ndarray, spec: ModelSpec, stride: int, widt
     return windows
 
 
-def _batches(windows: list[_Window], options: EncodeOptions) -> Iterator[_Batch]:
-    """Windows grouped by padded frame count, in batches whose shape depends only on that count
-    (the last batch of a bucket is filled up with dummy windows: see the module's docstring)."""
-    buckets: dict[int, list[_Window]] = defaultdict(list)
+def _batches(windows: Iterable[_Window], options: EncodeOptions) -> Iterator[_Batch]:
+    """Windows grouped by padded frame count into batches whose shape depends only on that count.
+
+    A bucket's batch runs as soon as it is full; windows wait for it across window rows, so only
+    the last batch of each bucket in a cube is filled up with dummy windows (see the module's
+    docstring). At most `frames_per_batch` (window, frame) pairs wait: past that, the bucket
+    holding most of them runs, short, to keep memory bounded.
+    """
+    waiting: dict[int, list[_Window]] = defaultdict(list)
     for window in windows:
-        buckets[math.ceil(window.frames.size / options.frame_bucket)].append(window)
-    for bucket, members in sorted(buckets.items()):
-        frames = bucket * options.frame_bucket
-        size = max(1, min(options.batch_size, options.frames_per_batch // frames))
-        for start in range(0, len(members), size):
-            yield _Batch(members[start : start + size], size, frames)
+        frames = math.ceil(window.frames.size / options.frame_bucket) * options.frame_bucket
+        waiting[frames].append(window)
+        if len(waiting[frames]) == _batch_size(frames, options):
+            yield _Batch(waiting.pop(frames), _batch_size(frames, options), frames)
+        elif sum(len(members) * f for f, members in waiting.items()) > options.frames_per_batch:
+            largest = max(waiting, key=lambda f: len(waiting[f]) * f)
+            yield _Batch(waiting.pop(largest), _batch_size(largest, options), largest)
+    for frames in sorted(waiting):
+        yield _Batch(waiting[frames], _batch_size(frames, options), frames)
+
+
+def _batch_size(frames: int, options: EncodeOptions) -> int:
+    """Windows per forward pass for windows of `frames` (padded) frames: fixed per bucket."""
+    return max(1, min(options.batch_size, options.frames_per_batch // frames))
+
+
+@dataclass(frozen=True)
+class _WindowInput:
+    x: np.ndarray
+    """(frames, bands, L, L) normalised, zero where invalid."""
+    valid: np.ndarray
+    """(frames, L, L) bool."""
+    t_ms: np.ndarray
+    """(frames,) acquisition times."""
+
+
+def _window_input(
+    row_block: tuple[np.ndarray, np.ndarray], window: _Window, times: np.ndarray, spec: ModelSpec
+) -> _WindowInput:
+    """The window's frames, cut from its row block and normalised on their own (so a value never
+    depends on what else is in the batch)."""
+    reflectance, valid = row_block
+    cols = slice(window.col, window.col + spec.window)
+    mask = valid[window.frames][:, :, cols]
+    x = normalise(reflectance[window.frames][None, :, :, :, cols], mask[None], spec)[0]
+    return _WindowInput(x, mask, times[window.frames])
 
 
 def _run(
-    model: STPEncoder,
-    spec: ModelSpec,
-    row_block: tuple[np.ndarray, np.ndarray],
-    batch: _Batch,
-    times: np.ndarray,
-    period_ms: torch.Tensor,
-    device: torch.device,
+    model: STPEncoder, batch: _Batch, inputs: list[_WindowInput], period_ms: torch.Tensor, device: torch.device
 ) -> np.ndarray:
     """(len(batch.windows), dim, L, L) unit vectors for one batch of windows. Rows past the
     windows are dummies: no valid pixel, so they compute but influence nothing."""
-    reflectance, valid = row_block
-    size, bands = spec.window, len(spec.bands)
+    bands, size = inputs[0].x.shape[1], inputs[0].x.shape[-1]
     x = np.zeros((batch.size, batch.frames, bands, size, size), np.float32)
     mask = np.zeros((batch.size, batch.frames, size, size), bool)
     t = np.zeros((batch.size, batch.frames), np.int64)
-    for i, window in enumerate(batch.windows):
-        n, cols = window.frames.size, slice(window.col, window.col + size)
-        x[i, :n] = reflectance[window.frames][:, :, :, cols]
-        mask[i, :n] = valid[window.frames][:, :, cols]
-        t[i, :n] = times[window.frames]
-    inputs = normalise(x, mask, spec)
+    for i, window in enumerate(inputs):
+        n = window.t_ms.size
+        x[i, :n], mask[i, :n], t[i, :n] = window.x, window.valid, window.t_ms
     with torch.inference_mode(), _autocast(device):
         out: torch.Tensor = model(
-            torch.from_numpy(inputs).to(device),
+            torch.from_numpy(x).to(device),
             torch.from_numpy(mask).to(device),
             torch.from_numpy(t).to(device),
             period_ms.expand(batch.size, 2).to(device),

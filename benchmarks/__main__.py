@@ -98,7 +98,9 @@ def _encoder_figure(task: TileTask, request: RunRequest, name: str, device: str)
     area = task.tile.geobox[r0 : r0 + cores * spec.core, c0 : c0 + cores * spec.core]
     selection = search_tile(open_source(request.catalog), area.pad(halo), task.period, spec.bands)
     cube = task_cube(selection, area, halo, spec.bands)
-    batches = (2, 4, 8, 16, 32) if device.startswith("cuda") else (8,)
+    # Every forward pass has the batch's shape (dummy windows fill it: encode.py), so one window
+    # on a CPU runs as a batch of one rather than one window and seven dummies.
+    batches = (2, 4, 8, 16, 32) if device.startswith("cuda") else ((8,) if cores > 1 else (1,))
     figure = encoder_rate(cube, area, name, device, batches, task.period)
     print(f"[1] encoder {name}: {figure.value:,.0f} px/s ({figure.note})")
     return figure
