@@ -61,12 +61,19 @@ def threads_per_worker(client: Client) -> int:
 
     dask starts worker processes with OMP_NUM_THREADS=1, which would leave torch one thread: a CPU
     worker would encode on one core however many it has (measured: 1 worker on 2 cores ran at
-    0.18x the in-process rate). Each host's cores are split among its worker processes.
+    0.18x the in-process rate). Each host's cores are split among the tasks that can run on it at
+    once: its worker processes times their threads.
     """
     cores: dict[str, int] = client.run(available_cores)
-    hosts = Counter(urlsplit(address).hostname or "" for address in cores)
-    shares = [count // hosts[urlsplit(address).hostname or ""] for address, count in cores.items()]
-    return max(1, min(shares, default=1))
+    slots = {address: w.get("nthreads", 1) for address, w in client.scheduler_info().get("workers", {}).items()}
+    per_host: Counter[str] = Counter()
+    for address in cores:
+        per_host[_host(address)] += slots.get(address, 1)
+    return max(1, min((count // per_host[_host(address)] for address, count in cores.items()), default=1))
+
+
+def _host(address: str) -> str:
+    return urlsplit(address).hostname or ""
 
 
 def worker_environ() -> dict[str, Any]:
