@@ -22,26 +22,27 @@ from tqdm import tqdm
 
 from aef_pipeline.environment import available_cores
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.model import LoadedModel, load_model
+from aef_pipeline.model import load_model
 from aef_pipeline.plan import TileTask
 from aef_pipeline.report import RunReport, TaskResult
-from aef_pipeline.run import RunRequest, Submit, attempt_task, fixed_threads, run
+from aef_pipeline.run import RunRequest, Submit, TaskContext, attempt_task, fixed_threads, run
 
 PLUGIN_NAME = "aef-model"
 
 
 class ModelPlugin(WorkerPlugin):
-    """Builds the model once when a worker starts and holds it for the worker's tasks, so no task
-    waits for it or ships it (registering the plugin again, for another model, replaces it)."""
+    """Builds the model once when a worker starts and holds it, with the catalogs the worker's
+    tasks open, for all its tasks: no task waits for them or ships them (registering the plugin
+    again, for another model, replaces it)."""
 
     name = PLUGIN_NAME
 
     def __init__(self, model: str) -> None:
         self.model_name = model
-        self.model: LoadedModel | None = None
+        self.context: TaskContext | None = None
 
     def setup(self, worker: Any) -> None:
-        self.model = load_model(self.model_name)
+        self.context = TaskContext(load_model(self.model_name))
 
 
 Submitter = Callable[[Client], Submit]
@@ -160,9 +161,9 @@ def safe_process_task(task: TileTask, request: RunRequest) -> TaskResult:
     """The task on a worker, with the worker's model; failures recorded, not raised."""
     plugin = get_worker().plugins[PLUGIN_NAME]
     assert isinstance(plugin, ModelPlugin), "dask_submitter registers ModelPlugin on every worker"
-    assert plugin.model is not None, "ModelPlugin.setup builds the model"
+    assert plugin.context is not None, "ModelPlugin.setup builds the model"
     try:
-        return attempt_task(task, request, plugin.model)
+        return attempt_task(task, request, plugin.context)
     finally:
         _release_free_memory()
 

@@ -8,7 +8,6 @@ that touch the same ground write the same pixels of the same tile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from odc.geo import XY
 from odc.geo.geobox import GeoBox
@@ -95,9 +94,9 @@ def utm_epsg(zone: int, hemisphere: str) -> int:
     return (32600 if hemisphere == "N" else 32700) + zone
 
 
-@lru_cache(maxsize=128)
 def zone_grid(zone: int, hemisphere: str) -> GridSpec:
-    """The GridSpec of one UTM zone and hemisphere, anchored at the projection origin."""
+    """The GridSpec of one UTM zone and hemisphere, anchored at the projection origin (built each
+    time: 30 us, not worth a process-wide cache)."""
     crs = f"EPSG:{utm_epsg(zone, hemisphere)}"
     return GridSpec(crs, tile_shape=(TILE_PIXELS, TILE_PIXELS), resolution=RESOLUTION_M, origin=XY(0.0, 0.0))
 

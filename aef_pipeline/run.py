@@ -35,7 +35,7 @@ from aef_pipeline.model import LoadedModel, ModelSpec, check_weights, load_model
 from aef_pipeline.plan import Period, Plan, TileTask, plan_tasks, task_cost
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.report import RunReport, TaskResult, TaskStatus
-from aef_pipeline.search import CatalogConfig, SceneSelection, open_source, search_tile
+from aef_pipeline.search import CatalogConfig, SceneSelection, SceneSource, open_source, search_tile
 from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
 
 # A full disk or an exhausted quota: the run cannot go on until someone frees space.
@@ -61,6 +61,21 @@ class RunRequest:
     """Windows per forward pass; part of what a field is (see encode.py): keep it for a store."""
     environment: TaskEnvironment = field(default_factory=TaskEnvironment)
     """Threads and GDAL settings of every task; torch threads are fixed when the run starts."""
+
+
+@dataclass
+class TaskContext:
+    """What a process that runs tasks holds for them: the model, built once, and the catalogs it
+    has opened (each on first use, then kept: opening one costs a few requests). A dask worker
+    holds one (cluster.ModelPlugin), an in-process run builds one."""
+
+    model: LoadedModel
+    sources: dict[CatalogConfig, SceneSource] = field(default_factory=dict)
+
+    def source(self, catalog: CatalogConfig) -> SceneSource:
+        if catalog not in self.sources:
+            self.sources[catalog] = open_source(catalog)
+        return self.sources[catalog]
 
 
 class TaskFailedWarning(AefWarning):
@@ -122,9 +137,9 @@ def in_process(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResu
     """The default submitter: every task in turn, in this process, with the model built once."""
     if not tasks:
         return
-    model = load_model(request.model)
+    context = TaskContext(load_model(request.model))
     for task in tasks:
-        yield attempt_task(task, request, model)
+        yield attempt_task(task, request, context)
 
 
 def collect(results: Generator[TaskResult, None, None], report: RunReport) -> None:
@@ -139,12 +154,12 @@ def collect(results: Generator[TaskResult, None, None], report: RunReport) -> No
                 warnings.warn(f"{result.tile} {result.period} failed: {result.error}", TaskFailedWarning, 2)
 
 
-def attempt_task(task: TileTask, request: RunRequest, model: LoadedModel) -> TaskResult:
+def attempt_task(task: TileTask, request: RunRequest, context: TaskContext) -> TaskResult:
     """process_task, with an expected failure (the package's errors, an OSError) recorded for the
     report instead of ending the run. Anything else is a bug: it is recorded too, with its whole
     traceback in the report and on stderr, so one bad tile does not hide the others' results."""
     try:
-        return process_task(task, request, model)
+        return process_task(task, request, context)
     except (AefError, OSError) as error:
         last = traceback.extract_tb(error.__traceback__)[-1]
         where = f"{Path(last.filename).name}:{last.lineno}"
@@ -160,13 +175,13 @@ def attempt_task(task: TileTask, request: RunRequest, model: LoadedModel) -> Tas
         return TaskResult.of(task, TaskStatus.FAILED, error=f"bug: {type(error).__name__}: {error}", traceback=trace)
 
 
-def process_task(task: TileTask, request: RunRequest, model: LoadedModel) -> TaskResult:
+def process_task(task: TileTask, request: RunRequest, context: TaskContext) -> TaskResult:
     """One tile window and period, start to finish, in this process and the request's environment."""
-    result = TaskResult.of(task)
+    result, model = TaskResult.of(task), context.model
     if finished(request.output, task.tile, task.period, task.window):
         return TaskResult.of(task, TaskStatus.SKIPPED)
     with applied(request.environment):
-        selection = search(task, request, model.spec, result)
+        selection = search(task, request, context, result)
         if selection.empty:
             return TaskResult.of(task, TaskStatus.EMPTY, seconds=result.seconds, dropped=result.dropped)
         embeddings = load_and_encode(task, request, model, selection, result)
@@ -174,12 +189,13 @@ def process_task(task: TileTask, request: RunRequest, model: LoadedModel) -> Tas
     return result
 
 
-def search(task: TileTask, request: RunRequest, spec: ModelSpec, result: TaskResult) -> SceneSelection:
+def search(task: TileTask, request: RunRequest, context: TaskContext, result: TaskResult) -> SceneSelection:
     """The task's scenes (its window plus the model's halo), recorded in `result`."""
+    spec = context.model.spec
     area = task.geobox().pad(required_halo(spec, request.overlap))
     with result.timed("search"):
         selection = search_tile(
-            open_source(request.catalog), area, task.period, spec.bands, request.max_cloud_cover, tile=str(task.tile)
+            context.source(request.catalog), area, task.period, spec.bands, request.max_cloud_cover, tile=str(task.tile)
         )
     result.scenes = [info.item_id for info in selection.scenes]
     result.dropped = [asdict(skip) for skip in selection.skipped]

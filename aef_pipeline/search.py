@@ -14,7 +14,6 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Protocol
 
 import pystac
@@ -103,13 +102,9 @@ class SceneSource(Protocol):
 
 
 def open_source(config: CatalogConfig) -> SceneSource:
-    """Open the catalog once per process (dask workers each open their own), checking that it
-    answers and holds the collections, and refusing the legacy/c1 Earth Search mix up front."""
-    return _open_source_cached(config)
-
-
-@lru_cache(maxsize=8)
-def _open_source_cached(config: CatalogConfig) -> SceneSource:
+    """Open the catalog, checking that it answers and holds the collections, and refusing the
+    legacy/c1 Earth Search mix up front. A few requests: whoever runs many tasks opens it once and
+    keeps it (run.TaskContext: one per dask worker, one per in-process run)."""
     client = _open_client(config)
     source: SceneSource
     if client.conforms_to(ConformanceClasses.ITEM_SEARCH):

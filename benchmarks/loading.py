@@ -37,7 +37,7 @@ from aef_pipeline.model import load_model
 from aef_pipeline.plan import TileTask
 from aef_pipeline.preprocess import preprocess
 from aef_pipeline.providers import SCL
-from aef_pipeline.run import RunRequest, layout, process_task
+from aef_pipeline.run import RunRequest, TaskContext, layout, process_task
 from aef_pipeline.search import SceneSelection
 from aef_pipeline.store import create_store
 from benchmarks.report import Figure
@@ -93,7 +93,7 @@ def read_amplification(task: TileTask, request: RunRequest, selection: SceneSele
     bands, area = model.spec.bands, task.geobox()
     create_store(request.output, [task.tile], request.periods, layout(request, model.spec), overwrite=True)
     with _counting_source_pixels() as counted:
-        process_task(task, request, model)
+        process_task(task, request, TaskContext(model))
     with dask.config.set(scheduler="threads", num_workers=READ_THREADS):  # the frame count, read apart
         loaded = load_selection(selection, area.pad(halo), bands, GdalOptions(), chunk_rows=READ_ROWS)
         frames = preprocess(loaded, selection.scenes, bands, core=area).sizes["time"]

@@ -24,7 +24,7 @@ from aef_pipeline.load import GdalOptions, load_selection
 from aef_pipeline.model import load_model
 from aef_pipeline.plan import TileTask
 from aef_pipeline.preprocess import preprocess
-from aef_pipeline.run import RunRequest, layout, process_task
+from aef_pipeline.run import RunRequest, TaskContext, layout, process_task
 from aef_pipeline.search import SceneSelection, open_source, search_tile
 from aef_pipeline.store import create_store, write_tile
 from benchmarks.report import Figure
@@ -57,7 +57,7 @@ def pipeline_efficiency(task: TileTask, request: RunRequest, workdir: Path) -> F
         create_store(store.output, [task.tile], store.periods, layout(store, spec), overwrite=True)
     _timed(alone, "write", lambda: write_tile(stores[0].output, task.tile, task.period, field, {"benchmark": True}))
     start = time.perf_counter()
-    result = process_task(task, stores[1], loaded)
+    result = process_task(task, stores[1], TaskContext(loaded))
     end_to_end = time.perf_counter() - start
     return Figure(
         4,

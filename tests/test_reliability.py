@@ -183,7 +183,7 @@ def test_a_bug_keeps_its_whole_traceback_in_the_report_and_on_stderr(
     static_catalog: CatalogConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from aef_pipeline.model import LoadedModel, STPEncoder, build_model
-    from aef_pipeline.run import attempt_task
+    from aef_pipeline.run import TaskContext, attempt_task
 
     class BrokenEncoder(STPEncoder):
         def forward(self, *args: Any) -> Any:
@@ -193,7 +193,9 @@ def test_a_bug_keeps_its_whole_traceback_in_the_report_and_on_stderr(
     broken = LoadedModel(spec, BrokenEncoder(spec), build_model(spec)[1])
     request = RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", static_catalog, device="cpu")
     with pytest.warns(TaskFailedWarning, match="a bug in the encoder"):
-        report = run(request, submit=lambda tasks, request: (attempt_task(t, request, broken) for t in tasks))
+        report = run(
+            request, submit=lambda tasks, request: (attempt_task(t, request, TaskContext(broken)) for t in tasks)
+        )
     (result,) = report.tasks
     assert result.status == "failed"
     assert result.error == "bug: ZeroDivisionError: a bug in the encoder"
@@ -234,11 +236,11 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
     from aef_pipeline.model import load_model
     from aef_pipeline.plan import TileTask
     from aef_pipeline.report import TaskResult
-    from aef_pipeline.run import Submit, attempt_task
+    from aef_pipeline.run import Submit, TaskContext, attempt_task
 
     def interrupted_after_one(client: Client) -> Submit:
         def submit(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResult, None, None]:
-            yield attempt_task(tasks[0], request, load_model(request.model))
+            yield attempt_task(tasks[0], request, TaskContext(load_model(request.model)))
             raise KeyboardInterrupt  # what Ctrl-C raises in the main thread while tasks run
 
         return submit
