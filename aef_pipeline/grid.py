@@ -17,11 +17,12 @@ from odc.geo.gridspec import GridSpec
 from aef_pipeline.errors import UserInputError
 
 RESOLUTION_M = 10
-# Lon/lat outlines are split every DENSIFY_DEGREES (about 100 m) before they are projected, so a
-# bbox's edges follow their true curves in UTM: odc-geo's `to_crs(resolution=)` is in the source
-# CRS's units, degrees here (in metres it split nothing, and a 2-degree-wide bbox lost up to 435 px
-# of its projected edge, and whole tiles along it).
-DENSIFY_DEGREES = 0.001
+# Lon/lat outlines are split every DENSIFY_DEGREES (at most 1.1 km; a chord that short strays
+# under a metre from the projected curve) before they are projected, so a bbox's edges follow
+# their true curves in UTM: odc-geo's `to_crs(resolution=)` is in the source CRS's units, degrees
+# here (in metres it split nothing: a 6-degree-wide bbox lost up to 435 px of its projected edge,
+# and whole tiles along it).
+DENSIFY_DEGREES = 0.01
 # Dimensions of every embedding: the published product's 64 bands A00..A63.
 EMBEDDING_DIM = 64
 # 1920 px = 19.2 km: a whole number of the encoder's 96 px window cores and 128 px windows.

@@ -129,7 +129,7 @@ def _contains(outer: Window | None, inner: Window | None) -> bool:
 # --- task_window ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(bbox=bboxes, core=cores)
 def test_task_windows_are_whole_cores_inside_the_tile(bbox: BBox, core: int) -> None:
     tiles = tiles_for_bbox(bbox)
@@ -145,7 +145,7 @@ def test_task_windows_are_whole_cores_inside_the_tile(bbox: BBox, core: int) -> 
         assert task_window(tile, bbox, core) == window  # pure
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(bbox=bboxes, core=cores)
 def test_task_windows_hold_the_bbox_corners(bbox: BBox, core: int) -> None:
     """The corners are vertices of the projected bbox, so its bounding box holds them exactly."""
@@ -161,7 +161,7 @@ def test_task_windows_hold_the_bbox_corners(bbox: BBox, core: int) -> None:
 # counterexamples.
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(bbox=bboxes, core=cores)
 @example(bbox=BBox(-20.0, 20.0, -19.5, 20.5), core=16)
 def test_task_windows_cover_every_pixel_the_bbox_touches(bbox: BBox, core: int) -> None:
@@ -171,7 +171,7 @@ def test_task_windows_cover_every_pixel_the_bbox_touches(bbox: BBox, core: int) 
 margins = st.tuples(*[st.floats(0.0, 0.2)] * 4)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(bbox=bboxes, grow=margins, core=cores)
 @example(bbox=BBox(179.75, 0.0, -179.999, 0.5, crosses_antimeridian=True), grow=(0.0, 0.0, 0.0, 0.125), core=16)
 def test_growing_the_bbox_never_shrinks_a_window(
@@ -190,7 +190,7 @@ def test_growing_the_bbox_never_shrinks_a_window(
         assert _contains(large, small), (str(tile), small, large)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(bbox=bboxes, cut=st.floats(0.05, 0.95), core=cores)
 @example(bbox=BBox(-20.0, 20.0, -19.5, 20.5), cut=0.5, core=16)
 def test_the_halves_of_a_bbox_need_the_windows_of_the_whole(bbox: BBox, cut: float, core: int) -> None:
@@ -216,7 +216,7 @@ periods = st.lists(st.integers(2017, 2024), min_size=1, max_size=3, unique=True)
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(bbox=bboxes, periods=periods, core=cores)
 def test_plan_tasks_are_unique_stable_and_use_task_window(bbox: BBox, periods: tuple[Period, ...], core: int) -> None:
     tasks = plan_tasks(bbox, periods, core)
@@ -274,7 +274,7 @@ def _lattice_cube(
     )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     spec=specs(),
     n_rows=st.integers(1, 4),
@@ -366,7 +366,7 @@ options = st.builds(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(counts=st.lists(st.integers(1, 150), max_size=40), options=options)
 def test_batches_hold_every_window_once_in_shapes_fixed_per_bucket(counts: list[int], options: EncodeOptions) -> None:
     windows = [_Window(0, i, np.arange(n)) for i, n in enumerate(counts)]
@@ -386,7 +386,7 @@ def test_batches_hold_every_window_once_in_shapes_fixed_per_bucket(counts: list[
         assert order == sorted(order)  # windows keep their order within a bucket
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(counts=st.lists(st.integers(1, 150), max_size=40), options=options)
 def test_batches_hold_few_windows_back_and_pad_only_at_the_end(counts: list[int], options: EncodeOptions) -> None:
     windows = [_Window(0, i, np.arange(n)) for i, n in enumerate(counts)]
