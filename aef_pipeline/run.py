@@ -177,15 +177,17 @@ def attempt_task(task: TileTask, request: RunRequest, context: TaskContext) -> T
 
 def process_task(task: TileTask, request: RunRequest, context: TaskContext) -> TaskResult:
     """One tile window and period, start to finish, in this process and the request's environment."""
-    result, model = TaskResult.of(task), context.model
+    result = TaskResult.of(task)
     if finished(request.output, task.tile, task.period, task.window):
-        return TaskResult.of(task, TaskStatus.SKIPPED)
+        result.status = TaskStatus.SKIPPED
+        return result
     with applied(request.environment):
         selection = search(task, request, context, result)
         if selection.empty:
-            return TaskResult.of(task, TaskStatus.EMPTY, seconds=result.seconds, dropped=result.dropped)
-        embeddings = load_and_encode(task, request, model, selection, result)
-        write(task, request, model, embeddings, result)
+            result.status = TaskStatus.EMPTY
+            return result
+        embeddings = load_and_encode(task, request, context.model, selection, result)
+        write(task, request, context.model, embeddings, result)
     return result
 
 
@@ -256,24 +258,17 @@ def dry_run(request: RunRequest) -> Plan:
 
     spec = load_spec(request.model)
     source, halo = open_source(request.catalog), required_halo(spec, request.overlap)
-    costs = []
+    costs, window_flops = [], {}  # FLOPs by frame count: tasks of one area mostly share theirs
     with applied(request.environment):
         for task in plan_tasks(request.bbox, request.periods, spec.core):
             found = search_tile(
                 source, task.geobox().pad(halo), task.period, spec.bands, request.max_cloud_cover, tile=str(task.tile)
             )
             frames = max(1, len(found.items))
-            costs.append(
-                task_cost(
-                    task,
-                    len(found.items),
-                    len(found.skipped),
-                    halo,
-                    len(spec.bands),
-                    flops_per_window(spec, frames),
-                    spec.core,
-                )
-            )
+            if frames not in window_flops:
+                window_flops[frames] = flops_per_window(spec, frames)
+            scenes, dropped = len(found.items), len(found.skipped)
+            costs.append(task_cost(task, scenes, dropped, halo, len(spec.bands), window_flops[frames], spec.core))
     return Plan(tuple(costs), spec.name, request.storage, spec.output_dim)
 
 
