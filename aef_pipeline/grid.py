@@ -32,6 +32,10 @@ TILE_PIXELS = 1920
 DEFAULT_HALO_PIXELS = 16
 # UTM is defined from 80 S to 84 N; polar areas need UPS, which the product does not cover.
 UTM_LATITUDES = (-80.0, 84.0)
+# The tiles (col_min, col_max, row_min, row_max) of one zone's 6-degree band, the same in every
+# zone: the widest columns at the equator, the last rows at 84 N and 80 S (tests/test_grid.py
+# checks them with tiles_for_bbox along the band's edges). A zone group of the store spans them.
+ZONE_TILES = {"N": (8, 43, 0, 485), "S": (8, 43, 58, 520)}
 
 
 @dataclass(frozen=True, order=True)
@@ -102,10 +106,16 @@ def zone_grid(zone: int, hemisphere: str) -> GridSpec:
     return GridSpec(crs, tile_shape=(TILE_PIXELS, TILE_PIXELS), resolution=RESOLUTION_M, origin=XY(0.0, 0.0))
 
 
+def zone_tile_extent(hemisphere: str) -> dict[str, int]:
+    """Every tile a zone of `hemisphere` can hold, as the store's `aef:tiles` extent."""
+    col_min, col_max, row_min, row_max = ZONE_TILES[hemisphere]
+    return {"col_min": col_min, "col_max": col_max, "row_min": row_min, "row_max": row_max}
+
+
 def tiles_for_bbox(bbox: BBox) -> list[TileId]:
     """Every tile whose pixels the bbox touches, in each UTM zone and hemisphere it spans, sorted."""
     found: set[TileId] = set()
-    for zone, hemisphere, part in _zone_parts(bbox):
+    for zone, hemisphere, part in zone_parts(bbox):
         grid = zone_grid(zone, hemisphere)
         projected = part.to_crs(grid.crs, resolution=DENSIFY_DEGREES)
         for (col, row), tile in grid.tiles(projected.boundingbox):
@@ -114,7 +124,7 @@ def tiles_for_bbox(bbox: BBox) -> list[TileId]:
     return sorted(found)
 
 
-def _zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
+def zone_parts(bbox: BBox) -> list[tuple[int, str, Geometry]]:
     """The bbox cut at UTM zone edges (every 6 degrees) and at the equator."""
     parts = []
     for west, east in bbox.spans():

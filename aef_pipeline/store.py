@@ -5,12 +5,16 @@
     finalize(path)                                            # consolidated metadata, once at the end
     ds = open_embeddings(path, zone="33N")                    # float32 unit vectors, NaN nodata
 
-One group per UTM zone and hemisphere ("33N"). In it, `embedding` (time, y, x, band) holds int8
-with the AlphaEarth quantisation (nodata -128) or float16/float32; `observations` (time, y, x)
-counts the valid frames behind each pixel. A shard is exactly one work tile for one period, so
-every task writes whole shards and never touches a neighbour's. `tile_record` (time, tile_row,
-tile_col) holds one JSON string per tile-period, each in its own chunk, written after the tile's
-data: a non-empty record says the tile is complete and how it was made (scenes, model, software).
+One group per UTM zone and hemisphere ("33N"), spanning every tile of the zone from creation
+(grid.zone_tile_extent): any later run can add any area of the zone, and unwritten chunks are
+simply absent on disk (nodata when read). In it, `embedding` (time, y, x, band) holds int8 with
+the AlphaEarth quantisation (nodata -128) or float16/float32; `observations` (time, y, x) counts
+the valid frames behind each pixel. A shard is exactly one work tile for one period, so every task
+writes whole shards and never touches a neighbour's. `tile_record` (time, tile_row, tile_col)
+holds one JSON string per tile-period, each in its own chunk, written after the tile's data: a
+record says the tile is complete and how it was made (scenes, model, software). `tile_planned`
+marks the tile-periods some run asked for, so `info` can say how much of it is done.
+docs/store-growth.md says why zone-wide and how it was measured.
 """
 
 from __future__ import annotations
@@ -31,10 +35,24 @@ import numpy as np
 import rioxarray  # noqa: F401 (registers the .rio accessor)
 import xarray as xr
 import zarr
+from affine import Affine
+from odc.geo.geobox import GeoBox
+from odc.geo.geom import Geometry, unary_union
+from odc.geo.xr import xr_coords
 
 from aef_pipeline import __version__
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import EMBEDDING_DIM, RESOLUTION_M, TILE_PIXELS, TileId, utm_epsg
+from aef_pipeline.grid import (
+    DENSIFY_DEGREES,
+    EMBEDDING_DIM,
+    RESOLUTION_M,
+    TILE_PIXELS,
+    BBox,
+    TileId,
+    utm_epsg,
+    zone_parts,
+    zone_tile_extent,
+)
 from aef_pipeline.plan import Period
 
 NODATA_INT8 = -128
@@ -43,6 +61,9 @@ BANDS = tuple(f"A{i:02d}" for i in range(EMBEDDING_DIM))
 # (per-pixel reads touch one chunk per year), and an area read of a 1.28 km window is one chunk.
 # 15 x 15 of them make a 1920 px shard (one work tile).
 CHUNK_PX = 128
+# The `aef:layout` of a zone group spanning its whole zone; groups without it span the bbox of
+# the run that made them (the layout before issue 21) and are migrated by `migrate_store`.
+ZONE_WIDE = "zone-wide"
 
 
 @dataclass(frozen=True)
@@ -82,26 +103,34 @@ def zone_name(tile: TileId) -> str:
 def create_store(
     path: Path, tiles: Sequence[TileId], periods: Sequence[Period], layout: StoreLayout, overwrite: bool = False
 ) -> None:
-    """Write the template of every zone group (metadata and coordinates, no data), or add the
-    periods an existing compatible store lacks. Refuses a store made with another model, grid or
-    encoding, unless `overwrite`."""
+    """Make sure every zone group of `tiles` exists with every period, and mark the tile-periods
+    as planned. A new zone gets a zone-wide template (metadata and coordinates, no data); an
+    existing one gets the periods it lacks. Everything is checked before anything is written:
+    a store made with another model, weights, grid or encoding, a period that overlaps one of the
+    store's without equalling it, or a group of the older bbox-extent layout is refused (unless
+    `overwrite`)."""
     if overwrite and path.exists():
         shutil.rmtree(path)
     _check_writable(path)
-    _unconsolidate(path)
-    for zone, zone_tiles in _by_zone(tiles).items():
+    zones = _by_zone(tiles)
+    for zone in zones:
         existing = zone_attrs(path, zone)
-        if existing is None:
-            _template(zone_tiles, periods, layout).to_zarr(
-                path, group=zone, mode="a", compute=False, encoding=_encoding(layout), consolidated=False
+        if existing is not None:
+            _check_compatible(path, zone, existing, layout)
+            _check_periods(path, zone, periods)
+    unconsolidate(path)
+    for zone, zone_tiles in zones.items():
+        if zone_attrs(path, zone) is None:
+            zone_template(zone, periods, layout).to_zarr(
+                path, group=zone, mode="a", compute=False, encoding=zone_encoding(layout, zone), consolidated=False
             )
-            continue
-        _check_compatible(path, zone, existing, layout, zone_tiles)
-        missing = [p for p in periods if _period_index(path, zone, p) is None]
-        if missing:
-            _template(zone_tiles, missing, layout, existing["aef:tiles"]).to_zarr(
-                path, group=zone, mode="a", append_dim="time", compute=False, consolidated=False
-            )
+        else:
+            missing = [p for p in periods if _period_index(path, zone, p) is None]
+            if missing:
+                # Only what grows along time: rewriting x and y would cost 1.3 MB per new period.
+                appended = zone_template(zone, missing, layout).drop_vars(["x", "y", "band", "spatial_ref"])
+                appended.to_zarr(path, group=zone, mode="a", append_dim="time", compute=False, consolidated=False)
+        mark_planned(path, zone, zone_tiles, periods)
 
 
 def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, record: Mapping[str, Any]) -> None:
@@ -253,52 +282,242 @@ def finalize(path: Path) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-def open_embeddings(path: str | os.PathLike[str], zone: str | None = None) -> xr.Dataset:
-    """One zone's embeddings as float32 (de-quantised lazily), nodata NaN, CRS set, time sorted."""
+def open_embeddings(
+    path: str | os.PathLike[str],
+    zone: str | None = None,
+    *,
+    bbox: BBox | tuple[float, float, float, float] | None = None,
+    period: Period | str | None = None,
+) -> xr.Dataset:
+    """One zone's embeddings as float32 (de-quantised lazily), nodata NaN, CRS set, time sorted.
+
+    Without `bbox`: the tiles runs planned (or wrote) in that zone; with `bbox` (W, S, E N in
+    degrees): the zone's pixels under it. `zone` may be left out when the store, or the part of
+    it under `bbox`, has one zone; `period` (a Period or its label, "2022") keeps one period.
+    Only the region's coordinates are built (from the group's affine), and its dask chunks
+    follow the stored grid (640 px, three to a shard), so a zone-wide group opens as fast as a
+    one-tile one.
+    """
     root = Path(path)
-    zones = zones_in(root)
-    if zone is None:
-        if len(zones) != 1:
-            raise UserInputError(f"{root} holds zones {', '.join(zones) or 'none'}: pass zone= one of them")
-        zone = zones[0]
-    if zone not in zones:
-        raise UserInputError(f"{root} has no zone {zone}; it holds {', '.join(zones) or 'none'}")
-    ds: xr.Dataset = xr.open_zarr(root, group=zone, decode_coords="all", consolidated=_consolidated(root))
-    if ds.attrs.get("aef:storage") == "int8":
-        attrs = ds.embedding.attrs
+    box = bbox if bbox is None or isinstance(bbox, BBox) else BBox(*bbox)
+    zone = _chosen_zone(root, zone, box)
+    attrs = zone_attrs(root, zone) or {}
+    group = group_geobox(attrs)
+    rows, cols = _region(root, zone, attrs, box)
+    ds: xr.Dataset = xr.open_zarr(
+        root,
+        group=zone,
+        chunks=None,  # lazy indexing first: no dask graph over the whole zone
+        decode_coords="all",
+        consolidated=_consolidated(root),
+        drop_variables=["x", "y", "tile_record", "tile_planned"],
+    )
+    ds = ds.isel(y=rows, x=cols).assign_coords(xr_coords(group[rows, cols], crs_coord_name="spatial_ref"))
+    if period is not None:
+        ds = ds.isel(time=[_time_index(root, zone, period)])
+    ds = ds.chunk({"time": 1, "y": _aligned(rows), "x": _aligned(cols), "band": -1})
+    if attrs.get("aef:storage") == "int8":
+        embedding_attrs = ds.embedding.attrs
         ds["embedding"] = xr.apply_ufunc(dequantise, ds.embedding, dask="parallelized", output_dtypes=[np.float32])
-        ds.embedding.attrs.update(attrs)
+        ds.embedding.attrs.update(embedding_attrs)
     else:
         ds["embedding"] = ds.embedding.astype(np.float32)
     return ds.sortby("time")
 
 
+READ_CHUNK_PX = 640
+"""Dask chunk of `open_embeddings`: 5 x 5 stored chunks, 3 x 3 to a shard (26 MB int8 per period,
+105 MB as float32), aligned with the stored grid so no dask chunk straddles two shards."""
+
+
+def _aligned(span: slice) -> tuple[int, ...]:
+    """Chunk sizes along `span` (pixel indices of the group) with edges on multiples of READ_CHUNK_PX."""
+    edges = [span.start, *range((span.start // READ_CHUNK_PX + 1) * READ_CHUNK_PX, span.stop, READ_CHUNK_PX)]
+    return tuple(np.diff([*edges, span.stop]).tolist())
+
+
+def group_geobox(attrs: Mapping[str, Any]) -> GeoBox:
+    """The pixel grid of a whole zone group, from its attributes (no coordinate array read)."""
+    extent, size = attrs["aef:tiles"], attrs["aef:tile_pixels"]
+    shape = ((extent["row_max"] - extent["row_min"] + 1) * size, (extent["col_max"] - extent["col_min"] + 1) * size)
+    return GeoBox(shape, Affine(*attrs["spatial:transform"]), attrs["proj:code"])
+
+
+def _chosen_zone(root: Path, zone: str | None, bbox: BBox | None) -> str:
+    zones = zones_in(root)
+    if not zones:
+        raise UserInputError(f"{root} is not an aef-pipeline embedding store (no zone groups found)")
+    if zone is not None:
+        if zone not in zones:
+            raise UserInputError(f"{root} has no zone {zone}; it holds {', '.join(zones)}")
+        return zone
+    under = [] if bbox is None else sorted({f"{n:02d}{h}" for n, h, _ in zone_parts(bbox)})
+    candidates = zones if bbox is None else [z for z in zones if z in under]
+    if not candidates:
+        raise UserInputError(
+            f"the bbox lies in zone {', '.join(under)}, which {root} does not hold; it holds {', '.join(zones)}"
+        )
+    if len(candidates) != 1:
+        where = "" if bbox is None else " under the bbox"
+        raise UserInputError(f"{root} holds zones {', '.join(candidates) or 'none'}{where}: pass zone= one of them")
+    return candidates[0]
+
+
+def _region(root: Path, zone: str, attrs: Mapping[str, Any], bbox: BBox | None) -> tuple[slice, slice]:
+    """(rows, cols) of the group to open: under `bbox`, else around the tiles planned or written."""
+    group = group_geobox(attrs)
+    if bbox is None:
+        listed = [*planned_tiles(root, zone).values(), *written_tiles(root, zone).values()]
+        tiles = [tile for some in listed for tile in some]
+        if not tiles:  # a group of the older layout, or nothing asked for yet: the whole group
+            return slice(0, group.shape[0]), slice(0, group.shape[1])
+        return tiles_region(tiles, attrs["aef:tiles"])
+    parts = [geom for n, h, geom in zone_parts(bbox) if f"{n:02d}{h}" == zone]
+    projected = unary_union(
+        [part.to_crs(group.crs or attrs["proj:code"], resolution=DENSIFY_DEGREES) for part in parts]
+    )
+    if projected is None:
+        raise UserInputError(f"bbox {bbox} does not reach zone {zone}")
+    rows, cols = group.overlap_roi(group.enclosing(projected))
+    if rows.stop <= rows.start or cols.stop <= cols.start:
+        raise UserInputError(f"bbox {bbox.west} {bbox.south} {bbox.east} {bbox.north} lies outside {root} group {zone}")
+    return slice(rows.start, rows.stop), slice(cols.start, cols.stop)
+
+
+def tiles_region(tiles: Sequence[TileId], extent: Mapping[str, int]) -> tuple[slice, slice]:
+    """The (y, x) pixel slices of the smallest rectangle of a group holding `tiles`."""
+    around = _extent(tiles)
+    zone, hemisphere = tiles[0].zone, tiles[0].hemisphere
+    top, _ = tile_region(TileId(zone, hemisphere, around["col_min"], around["row_max"]), extent)
+    bottom, _ = tile_region(TileId(zone, hemisphere, around["col_min"], around["row_min"]), extent)
+    _, left = tile_region(TileId(zone, hemisphere, around["col_min"], around["row_min"]), extent)
+    _, right = tile_region(TileId(zone, hemisphere, around["col_max"], around["row_min"]), extent)
+    return slice(top.start, bottom.stop), slice(left.start, right.stop)
+
+
+def _time_index(root: Path, zone: str, period: Period | str) -> int:
+    periods = store_periods(root, zone)
+    for index, stored in enumerate(periods):
+        if stored == period or stored.label == period:
+            return index
+    label = period.label if isinstance(period, Period) else period
+    raise UserInputError(
+        f"{root} group {zone} has no period {label}; it holds {', '.join(p.label for p in periods) or 'none'}"
+    )
+
+
 def describe_store(path: Path) -> str:
-    """A few lines on what a store holds and how complete it is (`aef-pipeline info`)."""
+    """What a store holds and how complete it is (`aef-pipeline info`): per zone, the layout and
+    model, the extent written (tiles, pixels, degrees) and tile-periods written / planned by period."""
     zones = zones_in(path)
     if not zones:
         raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
     lines = [f"{path}: {len(zones)} zone group(s)"]
     for zone in zones:
-        ds = xr.open_zarr(path, group=zone, consolidated=_consolidated(path))
-        records = ds.tile_record.values
-        done, total = int((records != "").sum()), records.size
-        lines.append(
-            f"  {zone}: {ds.sizes['y']} x {ds.sizes['x']} px, periods "
-            f"{', '.join(str(t)[:10] for t in ds.time.values)}, {ds.attrs['aef:storage']}, model "
-            f"{ds.attrs['aef:model']} ({ds.attrs['aef:model_weights']}); tile-periods written {done}/{total}"
-        )
+        lines += _describe_zone(path, zone)
     if not _consolidated(path):
         lines.append("  not finalised: a run is writing this store or stopped early (rerun it to finish)")
     return "\n".join(lines)
 
 
-def _unconsolidate(path: Path) -> None:
+def _describe_zone(path: Path, zone: str) -> list[str]:
+    attrs = zone_attrs(path, zone) or {}
+    written, planned = written_tiles(path, zone), planned_tiles(path, zone)
+    layout = "zone-wide" if attrs.get("aef:layout") == ZONE_WIDE else "bbox-extent (older; `aef-pipeline migrate`)"
+    lines = [
+        f"  {zone}: {attrs['proj:code']}, {attrs['aef:storage']}, model {attrs['aef:model']} "
+        f"({attrs['aef:model_weights']}), {layout} layout"
+    ]
+    every = sorted({t for tiles in written.values() for t in tiles})
+    if every:
+        extent, footprint = _extent(every), tiles_footprint(every)
+        west, south, east, north = footprint.boundingbox
+        lines.append(
+            f"    written extent: tiles c{extent['col_min']:03d}-c{extent['col_max']:03d} x "
+            f"r{extent['row_min']:04d}-r{extent['row_max']:04d} ({len(every)} tiles, "
+            f"{len(every) * TILE_PIXELS**2 / 1e6:.1f} Mpx), lon {west:.4f} to {east:.4f}, "
+            f"lat {south:.4f} to {north:.4f}"
+        )
+    else:
+        lines.append("    written extent: nothing written yet")
+    done = asked = 0
+    for index, period in enumerate(store_periods(path, zone)):
+        got, wanted = set(written.get(index, [])), set(planned.get(index, [])) | set(written.get(index, []))
+        done, asked = done + len(got), asked + len(wanted)
+        lines.append(f"    {period.label}: tile-periods written {len(got)}/{len(wanted)} planned")
+    lines.append(f"    tile-periods written {done}/{asked}")
+    return lines
+
+
+def written_tiles(path: Path, zone: str) -> dict[int, list[TileId]]:
+    """The tiles with a completion record, by time index. Found by listing the record chunks
+    (what is written), not by reading the record array: at zone scale a read costs seconds per
+    period whatever the store holds."""
+    attrs = zone_attrs(path, zone)
+    folder = path / zone / "tile_record" / "c"
+    found: dict[int, list[TileId]] = {}
+    if attrs is None or not folder.is_dir():
+        return found
+    for chunk in sorted(folder.glob("*/*/*")):
+        index, row, col = (int(part) for part in chunk.relative_to(folder).parts)
+        found.setdefault(index, []).append(_tile_at(zone, attrs["aef:tiles"], row, col))
+    return found
+
+
+def planned_tiles(path: Path, zone: str) -> dict[int, list[TileId]]:
+    """The tiles some run planned, by time index (none for a group of the older layout)."""
+    attrs = zone_attrs(path, zone)
+    if attrs is None or not (path / zone / "tile_planned" / "zarr.json").is_file():
+        return {}
+    marks = np.asarray(zarr.open_array(str(path / zone / "tile_planned"), mode="r")[:])
+    return {
+        index: [_tile_at(zone, attrs["aef:tiles"], row, col) for row, col in np.argwhere(plane)]
+        for index, plane in enumerate(marks)
+        if plane.any()
+    }
+
+
+def tiles_footprint(tiles: Sequence[TileId]) -> Geometry:
+    """The lon/lat outline of tiles of one zone: their union in UTM (exact squares), projected
+    once with its edges densified, so a curved tile edge stays curved."""
+    union = unary_union([tile.geobox.extent for tile in tiles])
+    assert union is not None, "no tiles"
+    return union.to_crs("EPSG:4326", resolution=RESOLUTION_M * 100)
+
+
+def _tile_at(zone: str, extent: Mapping[str, int], row: int, col: int) -> TileId:
+    """The tile at (row, col) of a group's tile axes (rows count southwards from row_max)."""
+    return TileId(int(zone[:-1]), zone[-1], extent["col_min"] + int(col), extent["row_max"] - int(row))
+
+
+def mark_planned(path: Path, zone: str, tiles: Sequence[TileId], periods: Sequence[Period]) -> None:
+    """Set `tile_planned` for these tile-periods (one small chunk per period, read and rewritten:
+    the run holds the store's lock)."""
+    extent = (zone_attrs(path, zone) or {})["aef:tiles"]
+    marks = zarr.open_array(str(path / zone / "tile_planned"), mode="r+")
+    stored = store_periods(path, zone)
+    for period in periods:
+        index = stored.index(period)
+        plane = np.asarray(marks[index])
+        before = plane.copy()
+        for tile in tiles:
+            where = tile_index(tile, extent)
+            plane[where["tile_row"].start, where["tile_col"].start] = 1
+        if not np.array_equal(plane, before):  # a rerun rewrites nothing
+            marks[index] = plane
+
+
+def unconsolidate(path: Path) -> None:
     """Drop the consolidated metadata before a run changes the store: `finalize` writes it again
     at the end, so a store whose run stopped early does not show readers a stale snapshot (new
     periods or zones missing) and is visibly unfinished."""
     if _consolidated(path):
         zarr.open_group(str(path), mode="r+", use_consolidated=False).update_attributes({})
+
+
+def is_finalised(path: Path) -> bool:
+    """Whether the last run finished: `finalize` consolidated the metadata, and no run has begun since."""
+    return _consolidated(path)
 
 
 def _consolidated(path: Path) -> bool:
@@ -329,27 +548,35 @@ def _extent(tiles: Sequence[TileId]) -> dict[str, int]:
     }
 
 
-def _template(
-    tiles: Sequence[TileId], periods: Sequence[Period], layout: StoreLayout, extent: Mapping[str, int] | None = None
+def zone_template(
+    zone: str, periods: Sequence[Period], layout: StoreLayout, extent: Mapping[str, int] | None = None
 ) -> xr.Dataset:
-    ext = dict(extent or _extent(tiles))
+    """A zone-wide group (or one of `extent`, the older layout, which tests rebuild) with no data:
+    written with compute=False, only its metadata and coordinates reach the disk. Each data
+    variable is one lazy chunk, so making the template of a zone (17,496 shards per period) costs
+    what one tile's did (a graph of shards, or a numpy record array, took 6 s at zone scale:
+    docs/store-growth.md)."""
+    number, hemisphere = int(zone[:-1]), zone[-1]
+    extent = extent or zone_tile_extent(hemisphere)
     size, res = layout.tile_pixels, layout.resolution_m
-    cols, rows = (ext["col_max"] - ext["col_min"] + 1) * size, (ext["row_max"] - ext["row_min"] + 1) * size
-    x = (ext["col_min"] * size + np.arange(cols) + 0.5) * res  # pixel centres
-    y = ((ext["row_max"] + 1) * size - np.arange(rows) - 0.5) * res  # north-up: y decreases
+    tile_rows, tile_cols = extent["row_max"] - extent["row_min"] + 1, extent["col_max"] - extent["col_min"] + 1
+    rows, cols = tile_rows * size, tile_cols * size
+    x = (extent["col_min"] * size + np.arange(cols) + 0.5) * res  # pixel centres
+    y = ((extent["row_max"] + 1) * size - np.arange(rows) - 0.5) * res  # north-up: y decreases
     dtype = np.int8 if layout.storage == "int8" else np.dtype(layout.storage)
     fill = NODATA_INT8 if layout.storage == "int8" else np.nan
-    shape, chunks = (len(periods), rows, cols, len(BANDS)), (1, size, size, len(BANDS))
-    tile = tiles[0]
-    lazy_fill = da.full(shape, fill, dtype=dtype, chunks=chunks)  # type: ignore[no-untyped-call]
+    shape, tiles_shape = (len(periods), rows, cols, len(BANDS)), (len(periods), tile_rows, tile_cols)
     base = xr.Dataset(
         {
-            "embedding": (("time", "y", "x", "band"), lazy_fill),
-            "observations": (("time", "y", "x"), da.zeros(shape[:3], dtype=np.int16, chunks=chunks[:3])),
-            # Small (tiles x periods), so numpy: written with the template, one chunk per element.
+            "embedding": (("time", "y", "x", "band"), da.full(shape, fill, dtype=dtype, chunks=shape)),  # type: ignore[no-untyped-call]
+            "observations": (("time", "y", "x"), da.zeros(shape[:3], dtype=np.int16, chunks=shape[:3])),
             "tile_record": (
                 ("time", "tile_row", "tile_col"),
-                np.full((len(periods), rows // size, cols // size), "", dtype=object),
+                da.full(tiles_shape, "", dtype=np.dtypes.StringDType(), chunks=tiles_shape),  # type: ignore[no-untyped-call]
+            ),
+            "tile_planned": (
+                ("time", "tile_row", "tile_col"),
+                da.zeros(tiles_shape, dtype=np.uint8, chunks=tiles_shape),
             ),
         },
         coords={
@@ -360,12 +587,13 @@ def _template(
             "band": np.array(BANDS, dtype=object),
         },
     )
-    ds: xr.Dataset = base.rio.write_crs(f"EPSG:{utm_epsg(tile.zone, tile.hemisphere)}")
+    ds: xr.Dataset = base.rio.write_crs(f"EPSG:{utm_epsg(number, hemisphere)}")
     ds = ds.rio.write_transform(ds.rio.transform(recalc=True))
-    ds.attrs = _zone_metadata(tile, layout, ext)
+    ds.attrs = _zone_metadata(zone, layout, extent)
     ds.embedding.attrs.update(_embedding_attrs(layout))
     ds.observations.attrs.update({"long_name": "valid Sentinel-2 observations used per pixel", "units": "1"})
     ds.tile_record.attrs.update({"long_name": "completion record per tile and period (JSON); empty: not written"})
+    ds.tile_planned.attrs.update({"long_name": "1 where a run planned this tile and period"})
     for name in ("embedding", "observations"):
         # As an attribute: rioxarray keeps it in `encoding`, which to_zarr's own encoding replaces.
         ds[name].attrs["grid_mapping"] = "spatial_ref"
@@ -373,8 +601,9 @@ def _template(
     return ds
 
 
-def _encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
-    size = layout.tile_pixels
+def zone_encoding(layout: StoreLayout, zone: str, extent: Mapping[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    size, extent = layout.tile_pixels, extent or zone_tile_extent(zone[-1])
+    zone_shape = (extent["row_max"] - extent["row_min"] + 1, extent["col_max"] - extent["col_min"] + 1)
     fill = NODATA_INT8 if layout.storage == "int8" else np.nan
     return {
         "embedding": {
@@ -384,13 +613,15 @@ def _encoding(layout: StoreLayout) -> dict[str, dict[str, Any]]:
         },
         "observations": {"chunks": (1, CHUNK_PX, CHUNK_PX), "shards": (1, size, size), "fill_value": 0},
         "tile_record": {"chunks": (1, 1, 1), "fill_value": ""},
+        "tile_planned": {"chunks": (1, *zone_shape), "fill_value": 0},
     }
 
 
-def _zone_metadata(tile: TileId, layout: StoreLayout, extent: Mapping[str, int]) -> dict[str, Any]:
-    epsg = utm_epsg(tile.zone, tile.hemisphere)
+def _zone_metadata(zone: str, layout: StoreLayout, extent: Mapping[str, int]) -> dict[str, Any]:
+    epsg = utm_epsg(int(zone[:-1]), zone[-1])
     return {
-        "title": f"AlphaEarth-style embedding field, UTM zone {zone_name(tile)}",
+        "title": f"AlphaEarth-style embedding field, UTM zone {zone}",
+        "aef:layout": ZONE_WIDE,
         "aef:model": layout.model,
         "aef:model_weights": layout.model_weights,
         "aef:trained": int(not layout.model_weights.startswith("untrained")),
@@ -445,34 +676,55 @@ def zone_attrs(path: Path, zone: str) -> dict[str, Any] | None:
     return dict(zarr.open_group(str(path / zone), mode="r").attrs)
 
 
-def _check_compatible(
-    path: Path, zone: str, attrs: Mapping[str, Any], layout: StoreLayout, tiles: Sequence[TileId]
-) -> None:
-    expected = _zone_metadata(tiles[0], layout, attrs["aef:tiles"])
+def _check_compatible(path: Path, zone: str, attrs: Mapping[str, Any], layout: StoreLayout) -> None:
+    if attrs.get("aef:layout") != ZONE_WIDE:
+        raise UserInputError(
+            f"{path} group {zone} has the older bbox-extent layout, which cannot take new tiles or periods: "
+            f"run `aef-pipeline migrate {path}` once (it moves the shards, nothing is recomputed), "
+            "or write to a new path"
+        )
+    expected = _zone_metadata(zone, layout, attrs["aef:tiles"])
     for key in ("aef:model", "aef:model_weights", "aef:storage", "aef:resolution_m", "aef:tile_pixels"):
         if attrs.get(key) != expected[key]:
             raise UserInputError(
                 f"{path} was made with {key.removeprefix('aef:')} {attrs.get(key)!r}, this run uses {expected[key]!r}: "
                 "write to a new path or pass --overwrite"
             )
-    outside = [str(t) for t in tiles if not _inside(t, attrs["aef:tiles"])]
-    if outside:
-        raise UserInputError(
-            f"{path} group {zone} does not cover tiles {', '.join(outside[:3])}: write the new area to a new path "
-            "or pass --overwrite"
-        )
+
+
+def _check_periods(path: Path, zone: str, periods: Sequence[Period]) -> None:
+    """A new period must equal one of the store's or not overlap any: one pixel, one value per instant."""
+    for period in periods:
+        for stored in store_periods(path, zone):
+            if stored != period and stored.start < period.end and period.start < stored.end:
+                raise UserInputError(
+                    f"period {period.label} overlaps {stored.label}, which {path} group {zone} already holds: "
+                    f"a store's periods must be equal or disjoint; ask for {stored.label} or write to a new path"
+                )
 
 
 def _inside(tile: TileId, extent: Mapping[str, int]) -> bool:
     return extent["col_min"] <= tile.col <= extent["col_max"] and extent["row_min"] <= tile.row <= extent["row_max"]
 
 
+def store_periods(path: Path, zone: str) -> list[Period]:
+    """The group's periods in stored order (time index), read from `time` and `time_end` alone."""
+    if not (path / zone / "time" / "zarr.json").is_file():
+        return []
+    others = [
+        name for name in zarr.open_group(str(path / zone), mode="r").array_keys() if name not in ("time", "time_end")
+    ]
+    ds = xr.open_zarr(path, group=zone, consolidated=False, chunks=None, drop_variables=others)
+    starts, ends = (ds[name].values.astype("datetime64[us]").tolist() for name in ("time", "time_end"))
+    return [
+        Period(start.replace(tzinfo=dt.UTC), end.replace(tzinfo=dt.UTC))
+        for start, end in zip(starts, ends, strict=True)
+    ]
+
+
 def _period_index(path: Path, zone: str, period: Period) -> int | None:
-    group = zarr.open_group(str(path / zone), mode="r")
-    starts = xr.open_zarr(path, group=zone, consolidated=False).time.values if "time" in group else []
-    target = np.datetime64(period.start.replace(tzinfo=None), "ns")
-    matches = np.flatnonzero(np.asarray(starts) == target)
-    return int(matches[0]) if matches.size else None
+    periods = store_periods(path, zone)
+    return periods.index(period) if period in periods else None
 
 
 def tile_region(tile: TileId, extent: Mapping[str, int]) -> tuple[slice, slice]:

@@ -1,25 +1,38 @@
 """`aef-pipeline verify`: check every tile-period a store records as done, and name what is wrong.
 
-For each completion record: it sits where its tile is, it names the store's model and weights,
-the stored values hash to the checksum written with them, pixels are nodata exactly where no
-frame was observed (and outside the areas the record lists), and observed vectors have unit
-norm within the storage's rounding.
+For each completion record (found by listing the record chunks, so a zone-wide group costs what
+it holds): it sits where its tile is, it names the store's model and weights, the stored values
+hash to the checksum written with them, pixels are nodata exactly where no frame was observed
+(and outside the areas the record lists), and observed vectors have unit norm within the
+storage's rounding. For a finalised store, also: the consolidated metadata matches the groups,
+and the STAC catalog beside the store describes what is written (its Items and extents).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pystac
 import zarr
 
+from aef_pipeline.catalog import stac_collection, stac_dir
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TileId
-from aef_pipeline.store import NODATA_INT8, dequantise, shard_digest, tile_index, tile_region, zone_attrs, zones_in
+from aef_pipeline.store import (
+    NODATA_INT8,
+    dequantise,
+    is_finalised,
+    shard_digest,
+    tile_index,
+    tile_region,
+    written_tiles,
+    zone_attrs,
+    zones_in,
+)
 
 # Unit-norm tolerance per storage: int8's quantisation moves a norm by up to ~0.02.
 NORM_TOLERANCE = {"int8": 0.03, "float16": 2e-3, "float32": 1e-4}
@@ -29,6 +42,8 @@ NORM_TOLERANCE = {"int8": 0.03, "float16": 2e-3, "float32": 1e-4}
 class Verification:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What could not be checked and why (not problems)."""
 
     @property
     def ok(self) -> bool:
@@ -45,27 +60,69 @@ def verify_store(path: Path) -> Verification:
         if attrs is None:
             result.problems.append(f"{zone}: zone metadata missing")
             continue
-        records = zarr.open_array(str(path / zone / "tile_record"), mode="r")
-        embedding = zarr.open_array(str(path / zone / "embedding"), mode="r")
-        observations = zarr.open_array(str(path / zone / "observations"), mode="r")
-        for index in range(records.shape[0]):
-            for tile in _tiles(zone, attrs["aef:tiles"]):
-                where = tile_index(tile, attrs["aef:tiles"])
-                text = str(records[index, where["tile_row"].start, where["tile_col"].start])
-                if not text:
-                    continue
-                rows, cols = tile_region(tile, attrs["aef:tiles"])
-                stored = np.asarray(embedding[index, rows, cols, :]), np.asarray(observations[index, rows, cols])
-                result.checked += 1
-                result.problems += [f"{tile} period {index}: {p}" for p in _check(text, tile, attrs, *stored)]
+        _check_records(path, zone, attrs, result)
+    if is_finalised(path):
+        result.problems += _metadata_problems(path, zones) + _stac_problems(path)
+    else:
+        result.notes.append("not finalised (a run is writing it or stopped early): metadata and STAC not checked")
     return result
 
 
-def _tiles(zone: str, extent: dict[str, int]) -> Iterator[TileId]:
-    number, hemisphere = int(zone[:-1]), zone[-1]
-    for row in range(extent["row_min"], extent["row_max"] + 1):
-        for col in range(extent["col_min"], extent["col_max"] + 1):
-            yield TileId(number, hemisphere, col, row)
+def _check_records(path: Path, zone: str, attrs: dict[str, Any], result: Verification) -> None:
+    records = zarr.open_array(str(path / zone / "tile_record"), mode="r")
+    embedding = zarr.open_array(str(path / zone / "embedding"), mode="r")
+    observations = zarr.open_array(str(path / zone / "observations"), mode="r")
+    for index, tiles in sorted(written_tiles(path, zone).items()):
+        for tile in tiles:
+            where = tile_index(tile, attrs["aef:tiles"])
+            text = str(records[index, where["tile_row"].start, where["tile_col"].start])
+            if not text:
+                continue
+            rows, cols = tile_region(tile, attrs["aef:tiles"])
+            stored = np.asarray(embedding[index, rows, cols, :]), np.asarray(observations[index, rows, cols])
+            result.checked += 1
+            result.problems += [f"{tile} period {index}: {p}" for p in _check(text, tile, attrs, *stored)]
+
+
+def _metadata_problems(path: Path, zones: list[str]) -> list[str]:
+    """The consolidated metadata (what readers see first) must match the groups themselves."""
+    consolidated = zarr.open_group(str(path), mode="r", use_consolidated=True)
+    problems = []
+    seen = sorted(name for name, _ in consolidated.groups())
+    if seen != zones:
+        problems.append(f"consolidated metadata lists zones {seen}, the store holds {zones}: rerun the last run")
+    for zone in set(seen) & set(zones):
+        live = dict(zarr.open_group(str(path / zone), mode="r").arrays())
+        for name, array in consolidated[zone].arrays():  # type: ignore[union-attr]
+            if name in live and live[name].shape != array.shape:
+                problems.append(
+                    f"consolidated metadata gives {zone}/{name} shape {array.shape}, the store "
+                    f"{live[name].shape}: rerun the last run to finalise it"
+                )
+    return problems
+
+
+def _stac_problems(path: Path) -> list[str]:
+    """The STAC catalog beside the store must describe what is written now."""
+    saved_path = stac_dir(path.absolute()) / "collection.json"
+    if not saved_path.is_file():
+        return [f"no STAC catalog at {saved_path}: rerun the last run to write it"]
+    saved = pystac.Collection.from_file(str(saved_path))
+    expected = stac_collection(path)
+    problems = []
+    have = {item.id: item for item in saved.get_items()}
+    want = {item.id: item for item in expected.get_items()}
+    if set(have) != set(want):
+        problems.append(f"STAC Items {sorted(have)} do not match the periods written {sorted(want)}")
+    for name in set(have) & set(want):
+        if not np.allclose(have[name].bbox or [], want[name].bbox or [], atol=1e-9):
+            problems.append(f"STAC Item {name} has bbox {have[name].bbox}, the tiles written {want[name].bbox}")
+    if not np.allclose(saved.extent.spatial.bboxes[0], expected.extent.spatial.bboxes[0], atol=1e-9):
+        problems.append(
+            f"STAC Collection extent {saved.extent.spatial.bboxes[0]} is not that of what is written "
+            f"{expected.extent.spatial.bboxes[0]}"
+        )
+    return problems
 
 
 def _check(text: str, tile: TileId, attrs: dict[str, Any], values: np.ndarray, counts: np.ndarray) -> list[str]:

@@ -12,6 +12,11 @@ import pytest
 import torch
 
 from aef_pipeline.cli import main
+from aef_pipeline.grid import TileId
+from aef_pipeline.model import build_model, load_spec, provenance_of, save_weights
+from aef_pipeline.plan import Period
+from aef_pipeline.store import StoreLayout, create_store
+from aef_pipeline.testing.stores import older_layout_store
 
 TINY_SPEC = Path(__file__).resolve().parents[1] / "models" / "tiny.toml"
 BBOX = ("--bbox", "15.062", "46.197", "15.068", "46.203")
@@ -56,6 +61,14 @@ def write_fixtures(tmp: Path) -> dict[str, str]:
     files["pt_spec"] = spec_with_weights(tmp, "tiny.pt", pickled.getvalue())
     files["disguised_spec"] = spec_with_weights(tmp, "tiny.safetensors", pickled.getvalue())
     files["wrong_hash_spec"] = spec_with_weights(tmp, "other.safetensors", b"{}", sha256="0" * 64)
+    encoder, _ = build_model(load_spec("tiny"))  # the seeded weights, saved: a "trained" checkpoint
+    digest = save_weights(encoder, tmp / "trained.safetensors")
+    files["wrong_weights_spec"] = spec_with_weights(tmp, "trained.safetensors", None, sha256=digest)
+    tile, tiny = TileId(33, "N", 26, 266), StoreLayout("tiny", provenance_of(load_spec("tiny")).description)
+    files["tiny_store"] = tmp / "tiny.zarr"  # a 2022 store of the model `tiny`, as `run` makes it
+    create_store(files["tiny_store"], [tile], [Period.year(2022)], tiny)
+    files["older_store"] = tmp / "older.zarr"  # the bbox-extent layout, before zone-wide groups
+    older_layout_store(files["older_store"], [tile], [Period.year(2022)], tiny)
     return {name: str(path) for name, path in files.items()}
 
 
@@ -219,6 +232,32 @@ CASES = [
         ("demo-catalog", "{full_dir}"),
         ("{full_dir} exists and is not an empty directory",),
     ),
+    Case(
+        "adding to a store of another model",
+        (*RUN, *BBOX, "--years", "2022", "--out", "{tiny_store}", "--model", "paper"),
+        ("{tiny_store} was made with model 'tiny', this run uses 'paper'", "write to a new path"),
+    ),
+    Case(
+        "adding to a store of another storage",
+        (*RUN, *BBOX, "--years", "2022", "--out", "{tiny_store}", "--storage", "float16"),
+        ("{tiny_store} was made with storage 'int8', this run uses 'float16'",),
+    ),
+    Case(
+        "adding to a store of other weights",
+        (*RUN, *BBOX, "--years", "2022", "--out", "{tiny_store}", "--model", "{wrong_weights_spec}"),
+        ("{tiny_store} was made with model_weights 'untrained",),
+    ),
+    Case(
+        "period overlapping the store's",
+        (*RUN, *BBOX, "--period", "2022-07-01/2023-07-01", "--out", "{tiny_store}"),
+        ("period 2022-07-01_2023-07-01 overlaps 2022", "periods must be equal or disjoint"),
+    ),
+    Case(
+        "adding to a store of the older layout",
+        (*RUN, *BBOX, "--years", "2022", "--out", "{older_store}"),
+        ("{older_store} group 33N has the older bbox-extent layout", "run `aef-pipeline migrate {older_store}` once"),
+    ),
+    Case("migrate something else", ("migrate", "{not_store}"), ("{not_store} is not an aef-pipeline embedding store",)),
     Case("info on something else", ("info", "{not_store}"), ("{not_store} is not an aef-pipeline embedding store",)),
     Case(
         "verify on something else",
@@ -237,7 +276,7 @@ def test_bad_input(case: Case, tmp_path: Path, stac_api: str, capsys: pytest.Cap
     out = tmp_path / "field.zarr"
     paths = {**write_fixtures(tmp_path), "tmp": str(tmp_path), "out": str(out), "stac": stac_api}
     argv = [arg.format_map(paths) for arg in case.argv]
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exited:
         raise SystemExit(main(argv))
     assert exited.value.code == 2
@@ -246,5 +285,5 @@ def test_bad_input(case: Case, tmp_path: Path, stac_api: str, capsys: pytest.Cap
     assert err[0].startswith("aef-pipeline: error: ")
     for phrase in case.phrases:
         assert phrase.format_map(paths) in err[0]
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written beside the inputs
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # nothing written or touched
     assert not Path(str(out) + ".lock").exists()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 from distributed import LocalCluster
 
 import aef_pipeline
@@ -15,25 +14,9 @@ from aef_pipeline.plan import parse_periods
 from aef_pipeline.run import RunRequest, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
+from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
 from flows import annual_field
-
-
-def _zones(store: Path) -> list[str]:
-    return sorted(p.name for p in store.iterdir() if (p / "zarr.json").is_file())
-
-
-def _same_arrays(one: Path, two: Path) -> None:
-    """Both stores hold the same zone groups, and their arrays are equal bit for bit."""
-    assert _zones(one) == _zones(two)
-    assert _zones(one)
-    for zone in _zones(one):
-        for name in ("embedding", "observations"):
-            a = np.asarray(zarr.open_array(str(one / zone / name), mode="r")[:])
-            b = np.asarray(zarr.open_array(str(two / zone / name), mode="r")[:])
-            assert a.dtype == b.dtype, f"{zone}/{name}: {a.dtype} != {b.dtype}"
-            if not np.array_equal(a, b):  # the fast check; the assertion then says where they differ
-                np.testing.assert_array_equal(a, b, err_msg=f"{zone}/{name}", strict=True)
 
 
 def test_annual_field_flow_on_a_local_cluster(tmp_path: Path, earth_search_catalog: SyntheticCatalog) -> None:
@@ -66,7 +49,7 @@ def test_annual_field_flow_on_a_local_cluster(tmp_path: Path, earth_search_catal
     plain = RunRequest(bbox, periods, tmp_path / "plain.zarr", CatalogConfig(stac), model=model, device="cpu")
     report = run(plain)
     assert {task.status for task in report.tasks} == {"done"}
-    _same_arrays(flow_store, plain.output)
+    assert_same_stores(flow_store, plain.output)
 
 
 def test_the_flow_ends_a_full_disk_and_ctrl_c_like_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

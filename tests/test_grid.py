@@ -11,7 +11,7 @@ from odc.geo.geom import box as geom_box
 from pyproj import Transformer
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
+from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox, zone_tile_extent
 
 TILE_M = TILE_PIXELS * RESOLUTION_M
 
@@ -104,3 +104,27 @@ def test_a_wide_bbox_keeps_the_tiles_under_its_curved_edge() -> None:
     # its corners (before grid.DENSIFY_DEGREES), the row of tiles under it was lost.
     tiles = {str(tile) for tile in tiles_for_bbox(BBox(6.0, 46.1, 11.99999, 46.6))}
     assert {f"32N_c{col:03d}_r0265" for col in range(17, 35)} <= tiles
+
+
+@pytest.mark.parametrize("west", [-180.0, 12.0, 174.0])
+def test_a_zone_extent_holds_every_tile_of_its_band_and_no_more(west: float) -> None:
+    """Zone groups span `zone_tile_extent`: the band's widest tiles (at the equator) and its last
+    rows (84 N, 80 S) must reach its edges exactly, or a run there would find no room."""
+    east, edge = west + 6.0, 0.001
+    corners = {
+        "N": [BBox(west, 0.0, west + edge, edge), BBox(east - edge, 0.0, east, edge), BBox(west, 84 - edge, east, 84)],
+        "S": [
+            BBox(west, -edge, west + edge, 0.0),
+            BBox(east - edge, -edge, east, 0.0),
+            BBox(west, -80, east, -80 + edge),
+        ],
+    }
+    for hemisphere, boxes in corners.items():
+        tiles = [t for b in boxes for t in tiles_for_bbox(b) if t.hemisphere == hemisphere]
+        reached = {
+            "col_min": min(t.col for t in tiles),
+            "col_max": max(t.col for t in tiles),
+            "row_min": min(t.row for t in tiles),
+            "row_max": max(t.row for t in tiles),
+        }
+        assert reached == zone_tile_extent(hemisphere), hemisphere

@@ -82,7 +82,7 @@ def _uncovered(bbox: BBox, core: int, lons: np.ndarray, lats: np.ndarray) -> lis
     holds them. A point strictly inside a tile must be in its window; one on a tile's edge, in the
     window of one of the tiles that share that edge (pixel coordinates are fractional, windows closed)."""
     # A point on a zone's west edge (a multiple of 6 degrees) belongs to both zones, and one on the
-    # equator to both hemispheres, as in grid._zone_parts.
+    # equator to both hemispheres, as in grid.zone_parts.
     zones = np.array([utm_zone(float(lon)) for lon in lons])
     on_edge = ((lons + 180.0) % 6 == 0) & (np.abs(lons) < 180.0)
     west_zones = np.where(on_edge, zones - 1, zones)

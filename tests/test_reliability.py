@@ -19,6 +19,7 @@ import pytest
 import zarr
 from distributed import Client
 
+from aef_pipeline.catalog import stac_dir
 from aef_pipeline.cli import main
 from aef_pipeline.grid import BBox
 from aef_pipeline.load import ReadFailureWarning
@@ -27,7 +28,9 @@ from aef_pipeline.model import load_spec
 from aef_pipeline.plan import Period, plan_tasks
 from aef_pipeline.run import RunRequest, TaskFailedWarning, run
 from aef_pipeline.search import CatalogConfig
+from aef_pipeline.store import tile_index, tile_region, written_tiles, zone_attrs
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
+from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
 
 SMALL = BBox(15.062, 46.197, 15.068, 46.203)  # one tile, a few windows
@@ -49,8 +52,17 @@ def clean_store(tmp_path_factory: pytest.TempPathFactory, static_catalog: Catalo
 
 
 def _copy(store: Path, target: Path) -> Path:
+    """The store and its STAC catalog, copied as a user would (verify checks both)."""
     subprocess.run(["cp", "-r", str(store), str(target)], check=True)
+    subprocess.run(["cp", "-r", str(stac_dir(store)), str(stac_dir(target))], check=True)
     return target
+
+
+def _tile_of(store: Path) -> tuple[int, slice, slice, dict[str, slice]]:
+    """Time index, pixel rows and cols, and record position of the first tile-period written."""
+    (index, (tile, *_)), *_ = sorted(written_tiles(store, "33N").items())
+    extent = (zone_attrs(store, "33N") or {})["aef:tiles"]
+    return index, *tile_region(tile, extent), tile_index(tile, extent)
 
 
 def test_verify_passes_a_clean_store(clean_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,8 +76,9 @@ def test_verify_passes_a_clean_store(clean_store: Path, capsys: pytest.CaptureFi
 def test_verify_names_a_damaged_shard(clean_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = _copy(clean_store, tmp_path / "damaged.zarr")
     embedding = zarr.open_array(str(store / "33N" / "embedding"), mode="r+")
-    observed = np.argwhere(np.asarray(zarr.open_array(str(store / "33N" / "observations"))[0]) > 0)[0]
-    embedding[0, observed[0], observed[1], :] = -128  # one observed pixel turned to nodata
+    index, rows, cols, _ = _tile_of(store)
+    observed = np.argwhere(np.asarray(zarr.open_array(str(store / "33N" / "observations"))[index, rows, cols]) > 0)[0]
+    embedding[index, rows.start + observed[0], cols.start + observed[1], :] = -128  # an observed pixel made nodata
     assert main(["verify", str(store)]) == 1
     printed = capsys.readouterr().out
     assert "33N_c026_r0266" in printed
@@ -76,12 +89,30 @@ def test_verify_names_a_damaged_shard(clean_store: Path, tmp_path: Path, capsys:
 def test_verify_names_a_record_from_another_model(clean_store: Path, tmp_path: Path) -> None:
     store = _copy(clean_store, tmp_path / "other.zarr")
     records = zarr.open_array(str(store / "33N" / "tile_record"), mode="r+")
-    where = tuple(np.argwhere(np.asarray(records[:]) != "")[0])
+    index, _, _, position = _tile_of(store)
+    where = (index, position["tile_row"].start, position["tile_col"].start)
     record = json.loads(str(records[where]))
     records[where] = json.dumps({**record, "model": "paper"})
     (problem,) = verify_store(store).problems
     assert "model 'paper'" in problem
     assert "'tiny'" in problem
+
+
+def test_verify_names_stale_metadata_and_stac(clean_store: Path, tmp_path: Path) -> None:
+    store = _copy(clean_store, tmp_path / "stale.zarr")
+    root = json.loads((store / "zarr.json").read_text())
+    metadata = root["consolidated_metadata"]["metadata"]["33N/embedding"]
+    metadata["shape"] = [2, *metadata["shape"][1:]]  # says a period more than the group holds
+    (store / "zarr.json").write_text(json.dumps(root))
+    collection_file = stac_dir(store) / "collection.json"
+    collection = json.loads(collection_file.read_text())
+    collection["extent"]["spatial"]["bbox"] = [[0.0, 0.0, 1.0, 1.0]]
+    collection_file.write_text(json.dumps(collection))
+    problems = verify_store(store).problems
+    assert any("consolidated metadata gives 33N/embedding shape (2," in p for p in problems), problems
+    assert any("STAC Collection extent [0.0, 0.0, 1.0, 1.0] is not that of what is written" in p for p in problems)
+    shutil.rmtree(stac_dir(store))
+    assert any("no STAC catalog at" in p for p in verify_store(store).problems)
 
 
 def test_a_second_run_on_a_locked_store_is_refused(
@@ -176,7 +207,7 @@ def test_a_reader_that_fails_every_read_fails_the_tile_through_the_reader_seam(
     slow = dataclasses.replace(failing, environment=TaskEnvironment(reader=SlowReader(0.01)))
     (task,) = run(slow).tasks
     assert task.status == "done"
-    _same_arrays(clean_store, slow.output)  # a slow reader changes nothing but the time
+    assert_same_stores(clean_store, slow.output)  # a slow reader changes nothing but the time
 
 
 def test_a_bug_keeps_its_whole_traceback_in_the_report_and_on_stderr(
@@ -258,13 +289,6 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
     assert verify_store(out).checked == 2
 
 
-def _same_arrays(one: Path, two: Path) -> None:
-    for name in ("embedding", "observations"):
-        a = np.asarray(zarr.open_array(str(one / "33N" / name), mode="r")[:])
-        b = np.asarray(zarr.open_array(str(two / "33N" / name), mode="r")[:])
-        np.testing.assert_array_equal(a, b, err_msg=name)
-
-
 def test_a_worker_killed_mid_task_changes_nothing(
     clean_store: Path, tmp_path: Path, static_catalog: CatalogConfig
 ) -> None:
@@ -294,7 +318,7 @@ def test_a_worker_killed_mid_task_changes_nothing(
         killer.join()
     assert killed
     assert [task.status for task in report.tasks] == ["done"]
-    _same_arrays(clean_store, request.output)
+    assert_same_stores(clean_store, request.output)
     assert verify_store(request.output).ok
 
 
@@ -344,7 +368,7 @@ def test_a_run_killed_mid_way_is_finished_by_rerunning_it(
     assert lock_path(out).exists()  # left behind, stale: its process is gone
     report = run(RunRequest(SMALL, both, out, static_catalog, device="cpu"))
     assert sorted(task.status for task in report.tasks) == ["done", "skipped"]
-    _same_arrays(clean_two_years, out)
+    assert_same_stores(clean_two_years, out)
     assert verify_store(out).checked == 2
 
 
@@ -358,7 +382,7 @@ def test_a_flaky_stac_api_is_retried_and_the_field_is_unchanged(stac_api: str, t
         config = CatalogConfig(url, timeout_s=0.5, retries=6, backoff_s=0.05)
         report = run(RunRequest(SMALL, PERIODS, tmp_path / "flaky.zarr", config, device="cpu"))
     assert [task.status for task in report.tasks] == ["done"]
-    _same_arrays(direct.output, tmp_path / "flaky.zarr")
+    assert_same_stores(direct.output, tmp_path / "flaky.zarr")
 
 
 def test_a_stac_api_that_keeps_failing_fails_the_tile_with_its_url(stac_api: str, tmp_path: Path) -> None:
@@ -435,7 +459,7 @@ def test_a_disk_filling_up_stops_the_run_and_records_stay_truthful(
     assert [task.status for task in report.tasks] == ["skipped", "done"]
     assert verify_store(request.output).checked == 2
     assert "not finalised" not in describe_store(request.output)
-    _same_arrays(clean_two_years, request.output)
+    assert_same_stores(clean_two_years, request.output)
 
 
 @pytest.fixture
@@ -480,7 +504,7 @@ def test_a_real_full_disk_fails_the_cli_with_one_line_and_a_rerun_finishes(
     ballast.unlink()
     assert main([*argv, "2021-2022"]) == 0
     assert verify_store(out).checked == 2
-    _same_arrays(clean_two_years, out)
+    assert_same_stores(clean_two_years, out)
 
 
 # --- security ------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from aef_pipeline.store import zones_in
 from aef_pipeline.testing import CatalogSpec, Site, SyntheticCatalog, build_catalog, write_static_catalog
 from aef_pipeline.testing.scenes import DEFAULT_SITE
 from aef_pipeline.testing.server import free_port
+from aef_pipeline.testing.stores import assert_same_stores
+from aef_pipeline.verify import verify_store
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
 
@@ -49,18 +51,41 @@ def test_cli_run_on_a_local_cluster(
     assert "tile-periods written 2/2" in capsys.readouterr().out
 
 
-def test_one_bbox_or_two_halves_give_the_same_field(tmp_path: Path, earth_search_catalog: SyntheticCatalog) -> None:
-    catalog = CatalogConfig(str(write_static_catalog(earth_search_catalog)))
-    whole = BBox(15.057, 46.194, 15.073, 46.206)
-    halves = [BBox(15.057, 46.194, 15.065, 46.206), BBox(15.065, 46.194, 15.073, 46.206)]
+@pytest.fixture(scope="module")
+def tile_edge_catalog(tmp_path_factory: pytest.TempPathFactory) -> CatalogConfig:
+    """A site the edge between tiles 33N c026 and c027 runs through (at about 15.2387 E)."""
+    spec = CatalogSpec(
+        site=Site(lon=15.2387, lat=46.2), years=(2022,), revisit_days=120, duplicate_index=-1, swath_edge_index=-1
+    )
+    catalog = build_catalog(tmp_path_factory.mktemp("edge"), "earth-search", spec)
+    return CatalogConfig(str(write_static_catalog(catalog)))
+
+
+def _chunk_times(store: Path) -> dict[Path, int]:
+    return {f: f.stat().st_mtime_ns for f in store.glob("*/*/c/**/*") if f.is_file()}
+
+
+def test_two_halves_added_to_one_store_equal_one_run_over_the_whole(
+    tmp_path: Path, tile_edge_catalog: CatalogConfig
+) -> None:
+    """The west half (tile c026), then the east half (the rest of c026 and tile c027, which the
+    store did not hold), equal one run over the whole, value for value; rerunning writes nothing."""
+    whole = BBox(15.2337, 46.197, 15.2437, 46.203)
+    halves = [BBox(15.2337, 46.197, 15.2380, 46.203), BBox(15.2380, 46.197, 15.2437, 46.203)]
     periods = (Period.year(2022),)
-    run(RunRequest(whole, periods, tmp_path / "one.zarr", catalog, device="cpu"))
-    for half in halves:
-        run(RunRequest(half, periods, tmp_path / "two.zarr", catalog, device="cpu"))
-    one = aef_pipeline.open_embeddings(tmp_path / "one.zarr").embedding.values
-    two = aef_pipeline.open_embeddings(tmp_path / "two.zarr").embedding.values
-    np.testing.assert_array_equal(one, two)
-    assert np.isfinite(one).any()
+    run(RunRequest(whole, periods, tmp_path / "one.zarr", tile_edge_catalog, device="cpu"))
+    grown = tmp_path / "grown.zarr"
+    first = run(RunRequest(halves[0], periods, grown, tile_edge_catalog, device="cpu"))
+    assert {t.tile for t in first.tasks} == {"33N_c026_r0266"}
+    second = run(RunRequest(halves[1], periods, grown, tile_edge_catalog, device="cpu"))
+    assert {t.tile for t in second.tasks} == {"33N_c026_r0266", "33N_c027_r0266"}
+    assert_same_stores(tmp_path / "one.zarr", grown)
+    assert np.isfinite(aef_pipeline.open_embeddings(grown).embedding.values).any()
+    assert verify_store(grown).ok
+    settled = _chunk_times(grown)
+    third = run(RunRequest(whole, periods, grown, tile_edge_catalog, device="cpu"))
+    assert {t.status for t in third.tasks} == {"skipped"}
+    assert _chunk_times(grown) == settled  # nothing it had recorded was written again
 
 
 def test_cost_follows_the_bbox_not_the_tile() -> None:

@@ -2,7 +2,7 @@
 library function.
 
     fields.py   run, plan      (run.run / cluster.run_on_cluster, run.dry_run)
-    stores.py   info, verify   (store.describe_store, verify.verify_store)
+    stores.py   info, verify, migrate   (store.describe_store, verify.verify_store, migrate.migrate_store)
     demo.py     demo-catalog   (testing.build_catalog)
     options.py  the options run and plan share, --config files, the request they make
 

@@ -1,0 +1,111 @@
+"""`aef-pipeline migrate STORE`: rewrite zone groups of the older bbox-extent layout zone-wide.
+
+Before zone-wide groups (docs/store-growth.md), a zone group spanned the tiles of the run that
+made it, and could take no other tile. Migrating moves what is written; nothing is recomputed. A
+shard is one tile-period, so in the zone-wide group it is the same file under a key shifted by the
+old group's corner in the zone; its bytes, and so the checksums in the records, do not change.
+
+Per zone, so that a crash never loses a shard:
+1. build the zone-wide group in `<store>.migrating/<zone>` (same periods, model and encoding);
+2. hard-link every chunk file of `embedding`, `observations` and `tile_record` into it at its new
+   key (a copy where links are not possible), and mark the written tiles as planned;
+3. swap: the old group goes to `<store>.migrating/<zone>.old`, the new one takes its place, and
+   the staging folder is removed. A rerun after a crash puts a half-swapped old group back and
+   starts that zone again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from aef_pipeline.catalog import write_stac
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import zone_tile_extent
+from aef_pipeline.lock import store_lock
+from aef_pipeline.store import (
+    ZONE_WIDE,
+    StoreLayout,
+    finalize,
+    mark_planned,
+    store_periods,
+    unconsolidate,
+    written_tiles,
+    zone_attrs,
+    zone_encoding,
+    zone_template,
+    zones_in,
+)
+
+# Arrays whose chunk files move, and how many leading key parts are (time, row, col) indices;
+# the shard grid of embedding/observations and the record grid both count whole tiles.
+MOVED = ("embedding", "observations", "tile_record")
+
+
+def migrate_store(path: Path) -> list[str]:
+    """Rewrite every zone group of the older layout zone-wide; returns the zones migrated."""
+    zones = zones_in(path)
+    if not zones:
+        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    staging = path.with_name(path.name + ".migrating")
+    with store_lock(path):
+        _recover(path, staging)
+        older = [zone for zone in zones if (zone_attrs(path, zone) or {}).get("aef:layout") != ZONE_WIDE]
+        if not older:
+            return []
+        unconsolidate(path)
+        for zone in older:
+            _migrate_zone(path, zone, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        finalize(path)
+        write_stac(path)
+    return older
+
+
+def _migrate_zone(path: Path, zone: str, staging: Path) -> None:
+    attrs = zone_attrs(path, zone) or {}
+    layout = StoreLayout(attrs["aef:model"], attrs["aef:model_weights"], attrs["aef:storage"])
+    periods = store_periods(path, zone)
+    written = written_tiles(path, zone)
+    shutil.rmtree(staging / zone, ignore_errors=True)
+    zone_template(zone, periods, layout).to_zarr(
+        staging, group=zone, mode="a", compute=False, encoding=zone_encoding(layout, zone), consolidated=False
+    )
+    old, new = attrs["aef:tiles"], zone_tile_extent(zone[-1])
+    shift = (new["row_max"] - old["row_max"], old["col_min"] - new["col_min"])
+    for name in MOVED:
+        _move_chunks(path / zone / name / "c", staging / zone / name / "c", shift)
+    for index, tiles in written.items():
+        mark_planned(staging, zone, tiles, [periods[index]])
+    (staging / f"{zone}.old").parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path / zone, staging / f"{zone}.old")
+    os.replace(staging / zone, path / zone)
+    shutil.rmtree(staging / f"{zone}.old")
+
+
+def _move_chunks(source: Path, target: Path, shift: tuple[int, int]) -> None:
+    """Link each chunk file `t/row/col[/...]` of `source` to `t/row+dr/col+dc[/...]` in `target`."""
+    if not source.is_dir():
+        return
+    for chunk in source.rglob("*"):
+        if not chunk.is_file():
+            continue
+        index, row, col, *rest = chunk.relative_to(source).parts
+        moved = target.joinpath(index, str(int(row) + shift[0]), str(int(col) + shift[1]), *rest)
+        moved.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(chunk, moved)
+        except OSError:  # a file system without hard links
+            shutil.copy2(chunk, moved)
+
+
+def _recover(path: Path, staging: Path) -> None:
+    """After a crash mid-swap, put the old group back (its chunks were only linked, never moved)."""
+    if not staging.is_dir():
+        return
+    for old in staging.glob("*.old"):
+        zone = old.name.removesuffix(".old")
+        if not (path / zone).exists():
+            os.replace(old, path / zone)
+    shutil.rmtree(staging)
