@@ -288,8 +288,10 @@ def open_embeddings(
     *,
     bbox: BBox | tuple[float, float, float, float] | None = None,
     period: Period | str | None = None,
+    as_stored: bool = False,
 ) -> xr.Dataset:
-    """One zone's embeddings as float32 (de-quantised lazily), nodata NaN, CRS set, time sorted.
+    """One zone's embeddings as float32 (de-quantised lazily), nodata NaN, CRS set, time sorted;
+    with `as_stored`, the values as stored (int8 with nodata -128: mask before de-quantising).
 
     Without `bbox`: the tiles runs planned (or wrote) in that zone; with `bbox` (W, S, E N in
     degrees): the zone's pixels under it. `zone` may be left out when the store, or the part of
@@ -304,18 +306,23 @@ def open_embeddings(
     attrs = zone_attrs(root, zone) or {}
     group = group_geobox(attrs)
     rows, cols = _region(root, zone, attrs, box)
-    ds: xr.Dataset = xr.open_zarr(
+    ds: xr.Dataset = xr.open_dataset(
         root,
+        engine="zarr",
         group=zone,
         chunks=None,  # lazy indexing first: no dask graph over the whole zone
+        cache=False,  # else the first block read loads the whole region into memory
         decode_coords="all",
         consolidated=_consolidated(root),
         drop_variables=["x", "y", "tile_record", "tile_planned"],
     )
     ds = ds.isel(y=rows, x=cols).assign_coords(xr_coords(group[rows, cols], crs_coord_name="spatial_ref"))
     if period is not None:
-        ds = ds.isel(time=[_time_index(root, zone, period)])
+        index = _time_index(root, zone, period)
+        ds = ds.isel(time=slice(index, index + 1))  # a slice: zarr's fast path (a list is orthogonal indexing)
     ds = ds.chunk({"time": 1, "y": _aligned(rows), "x": _aligned(cols), "band": -1})
+    if as_stored:
+        return ds.sortby("time")
     if attrs.get("aef:storage") == "int8":
         embedding_attrs = ds.embedding.attrs
         ds["embedding"] = xr.apply_ufunc(dequantise, ds.embedding, dask="parallelized", output_dtypes=[np.float32])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import urllib.error
@@ -17,19 +18,32 @@ from odc.geo.geom import box
 from pystac_client import Client
 
 from aef_pipeline import sentinel2 as s2
+from aef_pipeline.cli import demo, main
 from aef_pipeline.testing import (
+    DEFAULT_SITE,
+    WORLD_KINDS,
     CatalogSpec,
+    LabelledCover,
+    LabelledWorld,
     LandCover,
+    Landscape,
+    Site,
     SyntheticCatalog,
+    TruthPoint,
+    World,
     build_catalog,
+    count_by_class,
     covering_tiles,
     footprint,
     mgrs_tile_at,
     render_scene,
     serve_catalogs,
+    truth_points,
     write_static_catalog,
+    write_truth,
 )
-from aef_pipeline.testing.scenes import Scene
+from aef_pipeline.testing.scenes import Scene, plan_scenes
+from aef_pipeline.testing.world import FloatArray, parcel_index
 
 CLEAR = (s2.SCL_VEGETATION, s2.SCL_NOT_VEGETATED, s2.SCL_WATER)
 
@@ -246,3 +260,270 @@ def test_mgrs_tiles_match_real_item_origins(real_examples: Path) -> None:
 
 def test_default_site_is_seen_by_exactly_two_tiles() -> None:
     assert [t.name for t in covering_tiles(15.065, 46.2)] == ["33TWM", "33TVM"]
+
+
+# --- The plain world is unchanged; the labelled world and its ground truth -------------------------
+
+# Reflectance of World() computed before the labelled world was added: one point in a parcel of each
+# LandCover class (WATER ... BARE), bands B04, B08, B11, on three dates.
+_PINNED_LON = np.array([15.04148, 15.04148, 15.04148, 15.04548, 15.04148])
+_PINNED_LAT = np.array([46.21383, 46.20183, 46.18983, 46.21083, 46.19583])
+_PINNED = {
+    dt.datetime(2021, 4, 20): [
+        [0.030669362990180506, 0.04459438280213277, 0.1841645372332641, 0.04902490138756786, 0.18498647761826983],
+        [0.015334681495090253, 0.28581612759184466, 0.27735872720246835, 0.4100518952920387, 0.22393099922211612],
+        [0.008178496797381469, 0.1634882017356711, 0.33807130849638173, 0.22192899650418615, 0.2628755208259624],
+    ],
+    dt.datetime(2021, 7, 15): [
+        [0.030669362990180506, 0.020581179440045946, 0.030889982311292696, 0.17681523425238568, 0.18498647761826983],
+        [0.015334681495090253, 0.28731695280197506, 0.45106988944736925, 0.26522285137857854, 0.22393099922211612],
+        [0.008178496797381469, 0.13347169753306257, 0.21545166455880457, 0.32416126279604046, 0.2628755208259624],
+    ],
+    dt.datetime(2021, 11, 2): [
+        [0.030669362990180506, 0.051306780474798884, 0.18458678584816493, 0.16424170648332714, 0.18498647761826983],
+        [0.015334681495090253, 0.285396602737303, 0.2768801787722474, 0.27947284951684487, 0.22393099922211612],
+        [0.008178496797381469, 0.17187869882650372, 0.3384091073883024, 0.31410244058079356, 0.2628755208259624],
+    ],
+}
+_BANDS = {name: s2.S2_BANDS.index(s2.BAND_BY_NAME[name]) for name in ("B04", "B08", "B11")}
+# One year with a long revisit keeps catalogs of the labelled world quick to plan and render.
+_SMALL = CatalogSpec(years=(2022,), revisit_days=60)
+
+
+def test_plain_world_reflectance_is_unchanged() -> None:
+    world = World()
+    np.testing.assert_array_equal(world.land_cover(_PINNED_LON, _PINNED_LAT), [0, 1, 2, 3, 4])
+    for when, expected in _PINNED.items():
+        got = world.reflectance(_PINNED_LON, _PINNED_LAT, when)[list(_BANDS.values())]
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+
+
+def test_catalog_spec_chooses_the_world() -> None:
+    assert isinstance(plan_scenes(_SMALL, False)[0].world, World)
+    labelled = plan_scenes(dataclasses.replace(_SMALL, world="labelled", seed=2), False)
+    assert all(scene.world == LabelledWorld(seed=2) for scene in labelled)
+    with pytest.raises(ValueError, match="unknown world 'hilly': choose one of plain, labelled"):
+        plan_scenes(CatalogSpec(world="hilly"), False)
+
+
+def _parcel_centres(world: Landscape, span: int = 40) -> tuple[FloatArray, FloatArray]:
+    """Centres of a span x span block of parcels around the default site."""
+    cols = np.floor(DEFAULT_SITE.lon / world.parcel_deg[0]) + np.arange(-span // 2, span // 2)
+    rows = np.floor(DEFAULT_SITE.lat / world.parcel_deg[1]) + np.arange(-span // 2, span // 2)
+    col, row = np.meshgrid(cols, rows)
+    return ((col + 0.5) * world.parcel_deg[0]).ravel(), ((row + 0.5) * world.parcel_deg[1]).ravel()
+
+
+def _parcel_grid(world: Landscape, cls: int, n: int = 200) -> tuple[FloatArray, FloatArray]:
+    """An n x n grid of cell centres covering the first parcel of class `cls` near the site."""
+    lon, lat = _parcel_centres(world)
+    i = int(np.flatnonzero(world.land_cover(lon, lat) == cls)[0])
+    west, south = lon[i] - world.parcel_deg[0] / 2, lat[i] - world.parcel_deg[1] / 2
+    steps = (np.arange(n) + 0.5) / n
+    grid_lon, grid_lat = np.meshgrid(west + steps * world.parcel_deg[0], south + steps * world.parcel_deg[1])
+    return grid_lon, grid_lat
+
+
+def _ndvi(refl: FloatArray) -> FloatArray:
+    nir, red = refl[_BANDS["B08"]], refl[_BANDS["B04"]]
+    ndvi: FloatArray = (nir - red) / (nir + red)
+    return ndvi
+
+
+def test_early_and_late_crops_differ_only_in_time() -> None:
+    world = LabelledWorld()
+    lon, lat = _parcel_grid(world, LabelledCover.EARLY_CROP, n=5)
+    lag = dt.timedelta(days=49)
+    dates = [dt.datetime(2022, 3, 1) + dt.timedelta(days=15 * i) for i in range(12)]
+    for when in dates:
+        early = world.class_reflectance(LabelledCover.EARLY_CROP, lon, lat, when)
+        late_later = world.class_reflectance(LabelledCover.LATE_CROP, lon, lat, when + lag)
+        np.testing.assert_allclose(early, late_later, rtol=1e-12)  # same greenness, same spectrum
+    early_ndvi = [_ndvi(world.class_reflectance(LabelledCover.EARLY_CROP, lon, lat, d)).mean() for d in dates]
+    late_ndvi = [_ndvi(world.class_reflectance(LabelledCover.LATE_CROP, lon, lat, d)).mean() for d in dates]
+    assert max(abs(a - b) for a, b in zip(early_ndvi, late_ndvi, strict=True)) > 0.3
+    assert np.argmax(late_ndvi) - np.argmax(early_ndvi) in (3, 4)  # peaks 6-8 weeks apart
+
+
+def test_orchard_and_meadow_share_their_mean_spectrum_but_not_their_texture() -> None:
+    world = LabelledWorld()
+    lon, lat = _parcel_grid(world, LabelledCover.ORCHARD)
+    for month in (1, 4, 6, 8, 10):
+        when = dt.datetime(2022, month, 10)
+        orchard = world.class_reflectance(LabelledCover.ORCHARD, lon, lat, when)
+        meadow = world.class_reflectance(LabelledCover.MEADOW, lon, lat, when)
+        np.testing.assert_allclose(orchard.mean(axis=(1, 2)), meadow.mean(axis=(1, 2)), rtol=1e-3)
+        assert np.abs(orchard - meadow).max() > 0.02
+        # Orchard rows run north-south: columns are uniform, rows vary; the meadow varies both ways.
+        swir_orchard, swir_meadow = orchard[_BANDS["B11"]], meadow[_BANDS["B11"]]
+        assert swir_orchard.std(axis=0).max() < 1e-9
+        assert swir_orchard.std(axis=1).min() > 0.002
+        assert swir_meadow.std(axis=0).min() > 0.002
+        assert swir_meadow.std() == pytest.approx(swir_orchard.std(), rel=0.05)  # the same per-pixel spread
+    riparian = world.class_reflectance(LabelledCover.RIPARIAN_MEADOW, lon, lat, when)
+    np.testing.assert_array_equal(riparian, meadow)
+
+
+def test_riparian_meadows_and_only_they_touch_water() -> None:
+    world = LabelledWorld()
+    lon, lat = _parcel_centres(world)
+    cover = world.land_cover(lon, lat)
+    dlon, dlat = world.parcel_deg
+    neighbours = [world.land_cover(lon + dx * dlon, lat + dy * dlat) for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    touches_water = np.any([n == LabelledCover.WATER for n in neighbours], axis=0)
+    assert touches_water[cover == LabelledCover.RIPARIAN_MEADOW].all()
+    assert not touches_water[cover == LabelledCover.MEADOW].any()
+    shares = np.bincount(cover, minlength=len(LabelledCover)) / cover.size
+    assert shares.min() > 0.07  # every class, riparian meadows included, is common
+
+
+def test_biomass_shows_in_the_observed_reflectance() -> None:
+    world = LabelledWorld(seed=3)
+    lon, lat = _parcel_centres(world, span=30)
+    cover = world.land_cover(lon, lat)
+    biomass = world.biomass(lon, lat)
+    assert biomass[np.isin(cover, (LabelledCover.WATER, LabelledCover.BARE))].max() == 0
+    assert 80 <= biomass[cover == LabelledCover.FOREST].min() < biomass.max() <= 300
+    offsets = np.linspace(-0.3, 0.3, 4)  # a 4 x 4 grid of points inside each parcel
+    dx, dy = (a.ravel() for a in np.meshgrid(offsets * world.parcel_deg[0], offsets * world.parcel_deg[1]))
+    july = dt.datetime(2022, 7, 20, 10, 0, 13)
+    for cls in (LabelledCover.FOREST, LabelledCover.ORCHARD, LabelledCover.MEADOW):
+        here = np.flatnonzero(cover == cls)
+        points_lon, points_lat = lon[here, None] + dx, lat[here, None] + dy
+        np.testing.assert_array_equal(world.biomass(points_lon, points_lat), biomass[here, None] + 0 * dx)
+        observed = _ndvi(world.reflectance(points_lon, points_lat, july)).mean(axis=1)
+        assert np.corrcoef(observed, biomass[here])[0, 1] > 0.9, cls.name
+
+
+def test_labelled_noise_is_small_and_new_at_each_acquisition() -> None:
+    world = LabelledWorld()
+    lon, lat = _parcel_grid(world, LabelledCover.FOREST, n=40)
+    first, second = dt.datetime(2022, 6, 1, 10, 0, 13), dt.datetime(2023, 6, 1, 10, 0, 13)  # same day of year
+    np.testing.assert_array_equal(world.mean_reflectance(lon, lat, first), world.mean_reflectance(lon, lat, second))
+    ratio = world.reflectance(lon, lat, first) / world.reflectance(lon, lat, second)
+    assert ratio.std() > 0.01  # uniform in +-3 %: std 1.7 % per acquisition, 2.4 % for a ratio
+    assert np.abs(ratio - 1).max() < 0.07
+    np.testing.assert_array_equal(world.reflectance(lon, lat, first), world.reflectance(lon, lat, first))
+
+
+def test_labelled_scene_classes_follow_the_ground() -> None:
+    spec = dataclasses.replace(_SMALL, world="labelled", overcast_index=-1, swath_edge_index=-1)
+    scene = next(s for s in plan_scenes(spec, False) if s.sensing_time.month == 7)
+    scl = render_scene(scene).scl
+    cover = scene.world.land_cover(*scene.lonlat(20))
+    clear = np.isin(scl, CLEAR)
+    expected = {
+        LabelledCover.WATER: s2.SCL_WATER,
+        LabelledCover.FOREST: s2.SCL_VEGETATION,
+        LabelledCover.MEADOW: s2.SCL_VEGETATION,
+        LabelledCover.BARE: s2.SCL_NOT_VEGETATED,
+    }
+    for cls, scl_class in expected.items():
+        assert (scl[clear & (cover == cls)] == scl_class).all(), cls.name
+    assert clear.mean() > 0.5
+
+
+@pytest.fixture(scope="module")
+def labelled_points() -> list[TruthPoint]:
+    return truth_points(CatalogSpec(world="labelled", site=Site(DEFAULT_SITE.lon, DEFAULT_SITE.lat, 3600)))
+
+
+def test_truth_points_carry_the_world_classes(labelled_points: list[TruthPoint]) -> None:
+    world = LabelledWorld()
+    lon, lat = np.array([p.lon for p in labelled_points]), np.array([p.lat for p in labelled_points])
+    np.testing.assert_array_equal(world.land_cover(lon, lat) + 1, [p.class_id for p in labelled_points])
+    assert {(p.class_id, p.class_name) for p in labelled_points} == {
+        (c.value + 1, c.name.lower()) for c in LabelledCover
+    }
+    np.testing.assert_allclose(world.biomass(lon, lat), [p.biomass for p in labelled_points], atol=0.005)
+    counts = count_by_class(labelled_points, world.classes)
+    assert all(c.train >= 10 and c.test >= 10 for c in counts.values()), counts
+
+
+def test_truth_points_split_by_parcel(labelled_points: list[TruthPoint]) -> None:
+    splits: dict[str, set[str]] = {}
+    for point in labelled_points:
+        splits.setdefault(point.parcel, set()).add(point.split)
+    assert all(len(s) == 1 for s in splits.values())  # no parcel in both splits
+    train_parcels = sum(s == {"train"} for s in splits.values())
+    assert 0.35 < train_parcels / len(splits) < 0.65
+
+
+def test_truth_points_keep_away_from_parcel_edges_and_inside_every_scene(
+    labelled_points: list[TruthPoint],
+) -> None:
+    from pyproj import Transformer
+
+    spec = dataclasses.replace(_SMALL, world="labelled", site=Site(DEFAULT_SITE.lon, DEFAULT_SITE.lat, 3600))
+    lon, lat = np.array([p.lon for p in labelled_points]), np.array([p.lat for p in labelled_points])
+    parcel_deg = LabelledWorld().parcel_deg
+    home = parcel_index(lon, lat, parcel_deg)
+    for scene in plan_scenes(spec, False)[:2]:  # both MGRS tiles
+        x, y = Transformer.from_crs(4326, scene.tile.epsg, always_xy=True).transform(lon, lat)
+        x0, y0 = scene.window_origin
+        assert np.min([x - x0, x0 + scene.size_m - x, y0 - y, y - (y0 - scene.size_m)]) >= 30
+        for dx, dy in ((30, 0), (-30, 0), (0, 30), (0, -30), (21, 21), (-21, 21), (21, -21), (-21, -21)):
+            near = Transformer.from_crs(scene.tile.epsg, 4326, always_xy=True).transform(x + dx, y + dy)
+            moved = parcel_index(np.asarray(near[0]), np.asarray(near[1]), parcel_deg)
+            np.testing.assert_array_equal(moved[0], home[0])
+            np.testing.assert_array_equal(moved[1], home[1])
+
+
+def test_truth_file_is_geojson_that_geopandas_reads(tmp_path: Path, labelled_points: list[TruthPoint]) -> None:
+    import geopandas
+
+    path = write_truth(tmp_path, labelled_points)
+    assert path == tmp_path / "truth" / "labels.geojson"
+    frame = geopandas.read_file(path)
+    assert frame.crs.to_epsg() == 4326
+    assert len(frame) == len(labelled_points)
+    assert {"class", "class_id", "biomass", "split", "parcel"} <= set(frame.columns)
+    assert frame.geometry.geom_type.eq("Point").all()
+    assert set(frame["split"]) == {"train", "test"}
+    assert frame["class_id"].between(1, len(LabelledCover)).all()
+
+
+def test_plain_world_has_truth_points_too() -> None:
+    points = truth_points(CatalogSpec())
+    assert {p.class_name for p in points} <= set(World().classes)
+    assert {p.class_id for p in points} <= {c.value + 1 for c in LandCover}
+    forest = [p.biomass for p in points if p.class_name == "forest"]
+    assert set(forest) == {150.0}
+
+
+def test_demo_catalog_writes_truth_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import geopandas
+
+    target = tmp_path / "demo"
+    args = ["demo-catalog", str(target), "--years", "2022", "--site", "-105.0", "40.1", "--size-km", "1.2"]
+    assert main(args) == 0
+    frame = geopandas.read_file(target / "truth" / "labels.geojson")
+    assert set(frame["class"]) <= set(LabelledWorld().classes)
+    assert frame.geometry.x.between(-105.01, -104.99).all()
+    out = capsys.readouterr().out
+    assert f"wrote {len(frame)} truth points of the labelled world" in out
+    assert "riparian_meadow" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--site", "15", "85"], "--site latitude 85.0 is outside -80..84"),
+        (["--site", "190", "46"], "--site longitude 190.0 is outside -180..180"),
+        (["--size-km", "0"], "--size-km 0.0 is outside 0.6-20"),
+        (["--size-km", "nan"], "--size-km nan is outside 0.6-20"),
+    ],
+)
+def test_demo_catalog_refuses_a_bad_site(
+    flag: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo-catalog", str(tmp_path / "x"), *flag]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_demo_world_choices_match_the_worlds() -> None:
+    assert sorted(demo.WORLDS) == sorted(WORLD_KINDS)

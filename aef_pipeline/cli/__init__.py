@@ -3,6 +3,7 @@ library function.
 
     fields.py   run, plan      (run.run / cluster.run_on_cluster, run.dry_run)
     stores.py   info, verify, migrate   (store.describe_store, verify.verify_store, migrate.migrate_store)
+    maps.py     sample, classify, evaluate   (maps.sample, maps.classify, maps.protocol)
     demo.py     demo-catalog   (testing.build_catalog)
     options.py  the options run and plan share, --config files, the request they make
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aef_pipeline import __version__
-from aef_pipeline.cli import demo, fields, stores
+from aef_pipeline.cli import demo, fields, maps, stores
 from aef_pipeline.cli.options import EXIT_USAGE, with_config
 from aef_pipeline.errors import UserInputError
 
@@ -59,4 +60,5 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_commands(commands)
     fields.add_commands(commands)
     stores.add_commands(commands)
+    maps.add_commands(commands)
     return parser

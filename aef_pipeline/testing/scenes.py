@@ -19,7 +19,7 @@ from pyproj import Transformer
 
 from aef_pipeline import sentinel2 as s2
 from aef_pipeline.grid import utm_epsg, utm_zone
-from aef_pipeline.testing.world import CloudBlob, Sky, SwathEdge, World, observe
+from aef_pipeline.testing.world import CloudBlob, Landscape, Sky, SwathEdge, World, make_world, observe
 
 MGRS_TILE_SIZE_M = 109_800  # a Sentinel-2 tile: a 100 km MGRS square plus 9.8 km of overlap
 # Sentinel-2A has imaged since mid 2015, 2B joined in March 2017.
@@ -125,6 +125,9 @@ class CatalogSpec:
     """Days between acquisitions (the real constellation revisits every 5 days)."""
     seed: int = 0
     """Land cover and clouds."""
+    world: str = "plain"
+    """Which world the scenes image: "plain" (five classes that annual means separate) or "labelled"
+    (eight classes, some told apart only by time series, texture or surroundings; see world.py)."""
     mean_cloud_blobs: float = 1.5
     """Average number of cloud blobs over the site per acquisition."""
     overcast_index: int = 3
@@ -165,7 +168,7 @@ class Scene:
     window_origin: tuple[float, float]
     """(x, y) of the imaged window's upper-left corner, in the tile's CRS."""
     size_m: int
-    world: World = field(default=World())
+    world: Landscape = field(default=World())
     sequence: int = 0
     """Product version of this acquisition and tile: 0, then 1 for a second processing."""
     offset_removed_by_provider: bool = False
@@ -346,7 +349,7 @@ def _scene(spec: CatalogSpec, acquisition: Acquisition, tile: MgrsTile, baseline
         datastrip_start=acquisition.start + dt.timedelta(seconds=40 + 7 * version),
         window_origin=(float(x), float(y)),
         size_m=spec.site.size_m,
-        world=World(seed=spec.seed),
+        world=make_world(spec.world, spec.seed),
         sequence=version,
     )
 
