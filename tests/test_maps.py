@@ -223,3 +223,26 @@ def test_bad_map_input(
     assert len(err) == 1, err
     assert phrase in err[0]
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_evaluate_prints_the_protocol_table_for_each_field(
+    field: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    points = _labels(40)
+    points["label"] = points["cover"]
+    points["split"] = np.where(points["tile"] == str(TILES[1]), "test", "train")  # a whole tile held out
+    points.to_file(tmp_path / "points.geojson")
+    argv = ["evaluate", "--points", str(tmp_path / "points.geojson"), "--fields", str(field)]
+    assert main([*argv, "--json", str(tmp_path / "eval.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "1-NN          max" in printed
+    assert "untrained encoder" in printed
+    assert "no raw-pixel baseline" in printed
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["n_test"] == 40
+    cells = [row["cells"] for row in report["rows"] if row["labels_per_class"] == "max"]
+    assert all(cell["value"] > 0.95 for row in cells for cell in row.values())  # stripes are easy
+    assert main([*argv, "--labels-per-class", "0,max"]) == 2
+    assert "--labels-per-class '0,max'" in capsys.readouterr().err
+    assert main([*argv, "--property", "colour"]) == 2
+    assert "has no column 'colour'" in capsys.readouterr().err

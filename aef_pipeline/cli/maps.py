@@ -6,9 +6,12 @@ import argparse
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aef_pipeline.errors import UserInputError
+
+if TYPE_CHECKING:
+    from aef_pipeline.maps.protocol import LabelsPerClass
 
 POINTS_HELP = "GeoJSON, GeoPackage, GeoParquet, Shapefile, or CSV/Parquet with lon/lat (or x/y) columns"
 
@@ -34,6 +37,20 @@ def add_commands(commands: Any) -> None:
     classify.add_argument("--folds", type=int, default=5, help="spatial cross-validation folds (default 5)")
     _common(classify)
     classify.set_defaults(handler=classify_command)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="the paper's protocol (kNN, linear probe; 1, 10, max labels) on fields and a raw baseline"
+    )
+    evaluate.add_argument("--points", type=Path, required=True, help=f"labelled points: {POINTS_HELP}")
+    evaluate.add_argument("--fields", type=Path, nargs="+", required=True, help="embedding stores to compare")
+    evaluate.add_argument("--property", help="the label column (default: label)")
+    evaluate.add_argument("--labels-per-class", default="1,10,max", help="training-set sizes (default 1,10,max)")
+    evaluate.add_argument("--regress", action="store_true", help="a continuous label: R2")
+    evaluate.add_argument("--baseline-stac", help="STAC catalog (URL or path) for the raw-pixel baseline")
+    evaluate.add_argument("--json", type=Path, help="also write the table and counts as JSON")
+    evaluate.add_argument("--period", help="a year (2022) or START/END; may be left out when the fields hold one")
+    evaluate.add_argument("--points-crs", help="CRS of a table's x/y columns, or of a file that declares none")
+    evaluate.set_defaults(handler=evaluate_command)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -117,3 +134,37 @@ def _summary(report: dict[str, Any]) -> str:
             f"wrote {', '.join(report['outputs'])}; report {report['report']}",
         ]
     )
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from aef_pipeline.maps.evaluate import EvaluationRequest, evaluate, render
+
+    request = EvaluationRequest(
+        args.points,
+        tuple(args.fields),
+        property=args.property,
+        period=args.period,
+        labels_per_class=_labels_per_class(args.labels_per_class),
+        regress=args.regress,
+        baseline_stac=args.baseline_stac,
+        points_crs=args.points_crs,
+    )
+    results, report = evaluate(request)
+    print(render(results, report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _labels_per_class(text: str) -> tuple[LabelsPerClass, ...]:
+    sizes: list[LabelsPerClass] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "max":
+            sizes.append("max")
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(int(part))
+        else:
+            raise UserInputError(f"--labels-per-class {text!r}: write positive numbers and max, e.g. 1,10,max")
+    return tuple(sizes)
