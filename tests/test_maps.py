@@ -246,3 +246,36 @@ def test_evaluate_prints_the_protocol_table_for_each_field(
     assert "--labels-per-class '0,max'" in capsys.readouterr().err
     assert main([*argv, "--property", "colour"]) == 2
     assert "has no column 'colour'" in capsys.readouterr().err
+
+
+def test_a_field_with_no_finished_tile_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.zarr"
+    create_store(empty, TILES[:1], [YEAR], LAYOUT)  # planned, nothing written yet
+    finalize(empty)
+    _labels(12).to_file(tmp_path / "labels.geojson")
+    for argv in (
+        ["classify", str(empty), "--labels", str(tmp_path / "labels.geojson"), "--property", "cover"],
+        ["sample", str(empty), "--points", str(tmp_path / "labels.geojson")],
+    ):
+        assert main([*argv, "--out", str(tmp_path / "out.tif")]) == 2
+        assert "has no finished tile for 2022: run `aef-pipeline run` over the area first" in capsys.readouterr().err
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_mosaic_puts_every_zone_on_one_grid(field: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.geojson"
+    _labels(40).to_file(labels)
+    out = tmp_path / "mosaic.tif"
+    argv = ["classify", str(field), "--labels", str(labels), "--property", "cover", "--out", str(out)]
+    assert main([*argv, "--crs", "EPSG:32633"]) == 0
+    assert not list(tmp_path.glob("mosaic_*.tif"))  # one file, not one per zone
+    opened = rioxarray.open_rasterio(out)
+    assert isinstance(opened, xr.DataArray)
+    assert opened.rio.crs.to_epsg() == 32633
+    # The 34N tile's pixels, reprojected into 33N's grid, keep their classes.
+    tile = TILES[2]
+    for row, col in ((100, 40), (200, 80), (300, 300)):
+        lon, lat = _lonlat(tile, row, col)
+        x, y = Transformer.from_crs(4326, 32633, always_xy=True).transform(lon, lat)
+        value = int(opened.isel(band=0).sel(x=x, y=y, method="nearest"))
+        assert value == 1 + (col // STRIPE_PX) % 2, (row, col)

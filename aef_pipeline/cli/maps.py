@@ -35,6 +35,7 @@ def add_commands(commands: Any) -> None:
     classify.add_argument("--k", type=int, default=3, help="neighbours for knn (default 3)")
     classify.add_argument("--regress", action="store_true", help="a continuous property: R2 and RMSE")
     classify.add_argument("--folds", type=int, default=5, help="spatial cross-validation folds (default 5)")
+    classify.add_argument("--crs", help="one mosaic in this CRS (e.g. EPSG:3035) instead of one map per UTM zone")
     _common(classify)
     classify.set_defaults(handler=classify_command)
 
@@ -102,6 +103,7 @@ def classify_command(args: argparse.Namespace) -> int:
         folds=args.folds,
         overwrite=args.overwrite,
         points_crs=args.points_crs,
+        crs=args.crs,
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UntrainedFieldWarning)

@@ -26,7 +26,11 @@ import numpy as np
 import rasterio.shutil
 import xarray as xr
 from numpy.typing import NDArray
+from odc.geo import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_reproject
 from pyproj import Transformer
+from pyproj.exceptions import CRSError
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -35,7 +39,7 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
 from aef_pipeline.errors import AefWarning, UserInputError
-from aef_pipeline.grid import utm_epsg
+from aef_pipeline.grid import RESOLUTION_M, utm_epsg
 from aef_pipeline.maps.points import read_points
 from aef_pipeline.maps.sample import Samples, sample_field
 from aef_pipeline.store import NODATA_INT8, dequantise, finalize, open_embeddings, store_periods, zone_attrs, zones_in
@@ -65,6 +69,8 @@ class MapRequest:
     overwrite: bool = False
     points_crs: str | None = None
     seed: int = 0
+    crs: str | None = None
+    """One mosaic in this CRS instead of one map per zone group."""
 
 
 @dataclass
@@ -106,6 +112,11 @@ def make_map(request: MapRequest) -> dict[str, Any]:
 
 
 def _check_request(request: MapRequest) -> None:
+    if request.crs is not None:
+        try:
+            CRS(request.crs)
+        except CRSError:
+            raise UserInputError(f"--crs {request.crs!r} is not a CRS: give e.g. EPSG:3035 or EPSG:32633") from None
     if request.method not in METHODS:
         raise UserInputError(f"--method {request.method!r} is not one of {', '.join(METHODS)}")
     if request.k < 1 or request.folds < 2:
@@ -267,14 +278,19 @@ def _interval(
 
 
 def _write_maps(request: MapRequest, samples: Samples, estimator: BaseEstimator, target: Target) -> list[str]:
-    """One map per zone group holding the period (`map.tif`, or `map_33N.tif` ... for several)."""
+    """One map per zone group holding the period (`map.tif`, or `map_33N.tif` ... for several), or
+    one mosaic in `request.crs`."""
     zones = [z for z in _zones_with(request.field_path, samples) if z]
+    predictions = {
+        zone: predict_map(request.field_path, zone, samples.period, estimator, target, request.regress)
+        for zone in zones
+    }
+    if request.crs:
+        predictions = {"mosaic": mosaic(list(predictions.values()), request.crs)}
     outputs = []
-    for zone in zones:
-        out = (
-            request.out if len(zones) == 1 else request.out.with_name(f"{request.out.stem}_{zone}{request.out.suffix}")
-        )
-        prediction = predict_map(request.field_path, zone, samples.period, estimator, target, request.regress)
+    for name, prediction in predictions.items():
+        single = len(predictions) == 1
+        out = request.out if single else request.out.with_name(f"{request.out.stem}_{name}{request.out.suffix}")
         _replace(out, request.overwrite)
         if out.suffix.lower() == ".zarr":
             _write_zarr(prediction, out, target, request)
@@ -282,6 +298,26 @@ def _write_maps(request: MapRequest, samples: Samples, estimator: BaseEstimator,
             _write_cog(prediction, out, target, request)
         outputs.append(str(out))
     return outputs
+
+
+def mosaic(predictions: list[xr.Dataset], crs: str) -> xr.Dataset:
+    """The zones' maps on one grid of `crs` (10 m, or 1e-4 degree for a geographic CRS), nearest
+    neighbour (classes must stay classes); where zones overlap, the first zone's pixel wins.
+    Lazy: odc-geo reprojects chunk by chunk."""
+    target_crs = CRS(crs)
+    resolution = 1e-4 if target_crs.geographic else float(RESOLUTION_M)
+    extents = [p.odc.geobox.extent.to_crs(target_crs) for p in predictions]
+    left = min(e.boundingbox.left for e in extents)
+    bottom = min(e.boundingbox.bottom for e in extents)
+    right = max(e.boundingbox.right for e in extents)
+    top = max(e.boundingbox.top for e in extents)
+    grid = GeoBox.from_bbox((left, bottom, right, top), target_crs, resolution=resolution)
+    warped = [xr_reproject(p, grid, resampling="nearest", dst_nodata=np.nan) for p in predictions]
+    combined = warped[0]
+    for other in warped[1:]:
+        combined = combined.fillna(other)
+    located: xr.Dataset = combined.rio.write_crs(target_crs.to_wkt()).rio.write_transform(grid.affine)
+    return located
 
 
 def _zones_with(store: Path, samples: Samples) -> list[str]:
