@@ -111,10 +111,8 @@ def _ratios(kind: str, one: dict[str, float], four: dict[str, float]) -> str:
     )
     if kind == "sample":
         return f"sample 4 tiles / 1 tile: {figures} (target: seconds, memory ~1x)"
-    verdict = ", ".join(
-        f"{name} {'met' if ratio[key] <= 1.10 else 'MISSED'}"
-        for name, key in (("peak", "peak_mb"), ("growth", "growth_mb"))
-    )
+    checks = (("peak", "peak_mb"), ("growth", "growth_mb"))
+    verdict = ", ".join(f"{name} {'met' if ratio[key] <= 1.10 else 'MISSED'}" for name, key in checks)
     return f"classify 4 tiles / 1 tile: {figures} (target: memory <= 1.10x: {verdict})"
 
 

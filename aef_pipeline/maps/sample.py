@@ -162,20 +162,21 @@ def _read_points(
         found.reasons[int(row)] = "outside the field (beyond its zone group)"
     for row in rows[inside & ~recorded]:
         found.reasons[int(row)] = f"outside the field (its tile has no finished {period.label})"
-    keep = recorded
+    targets, r, c = rows[recorded], pixel_rows[recorded], pixel_cols[recorded]
     embedding = zarr.open_array(str(store / zone / "embedding"), mode="r")
     observations = zarr.open_array(str(store / zone / "observations"), mode="r")
-    chunks = (pixel_rows[keep] // CHUNK_PX) * (group.shape[1] // CHUNK_PX + 1) + pixel_cols[keep] // CHUNK_PX
-    for chunk in np.unique(chunks):
-        members = np.flatnonzero(chunks == chunk)
-        r, c = pixel_rows[keep][members], pixel_cols[keep][members]
-        r0, c0 = (r[0] // CHUNK_PX) * CHUNK_PX, (c[0] // CHUNK_PX) * CHUNK_PX
+    chunks = (r // CHUNK_PX) * (group.shape[1] // CHUNK_PX + 1) + c // CHUNK_PX
+    order = np.argsort(chunks, kind="stable")  # the points of each chunk, found in one sort
+    for members in np.split(order, np.flatnonzero(np.diff(chunks[order])) + 1):
+        if not members.size:
+            continue
+        r0, c0 = (r[members[0]] // CHUNK_PX) * CHUNK_PX, (c[members[0]] // CHUNK_PX) * CHUNK_PX
         block = np.asarray(embedding[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX, :])
         counts = np.asarray(observations[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX])
-        targets = rows[keep][members]
-        found.vectors[targets] = _as_float(block[r - r0, c - c0], attrs["aef:storage"])
-        found.observations[targets] = counts[r - r0, c - c0]
-        found.pixels[targets] = 1
+        dr, dc = r[members] - r0, c[members] - c0
+        found.vectors[targets[members]] = _as_float(block[dr, dc], attrs["aef:storage"])
+        found.observations[targets[members]] = counts[dr, dc]
+        found.pixels[targets[members]] = 1
 
 
 def _read_polygon(store: Path, zone: str, period: Period, row: int, polygon: BaseGeometry, found: _Found) -> None:
