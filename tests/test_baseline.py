@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
@@ -19,7 +20,7 @@ from shapely.geometry import Point, box
 
 from aef_pipeline.environment import TaskEnvironment
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import TILE_PIXELS, TileId
+from aef_pipeline.grid import TILE_PIXELS, TileId, zone_grid
 from aef_pipeline.load import load_selection
 from aef_pipeline.maps import baseline
 from aef_pipeline.maps.baseline import BaselineFeatures, baseline_features, mean_features, period_months, point_windows
@@ -77,9 +78,10 @@ def computed(config: CatalogConfig, earth_search_catalog: SyntheticCatalog) -> C
     geometry += [square.to_crs("EPSG:4326").iloc[0], Point(*beside), Point(*elsewhere)]
     points = gpd.GeoDataFrame({"label": range(len(geometry))}, geometry=geometry, crs="EPSG:4326")
     windows: list[GeoBox] = []
-    with pytest.MonkeyPatch.context() as patch, pytest.warns(NoScenesWarning, match="tile 33N_c028_r0268"):
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(baseline, "load_selection", _recording(windows))
-        features = baseline_features(points, PERIOD, config, environment=TaskEnvironment(read_threads=2))
+        with pytest.warns(NoScenesWarning, match="tile 33N_c028_r0268"):  # the point in a tile with nothing
+            features = baseline_features(points, PERIOD, config, environment=TaskEnvironment(read_threads=2))
     every = points.geometry.representative_point()
     n = len(lon)
     site, outside = np.arange(n), np.array([n + 1, n + 2])
@@ -214,9 +216,12 @@ def test_points_no_product_images_get_nan_rows_and_are_counted(computed: Compute
 
 
 def test_only_the_window_holding_the_points_is_loaded(computed: Computed) -> None:
-    """One window for the site's tile (the tile with nothing is searched, not loaded): from the
-    site's west edge to the point beside it, from its north edge to its south edge."""
+    """One window for the site's tile (the tile with nothing is searched, not loaded): the planned
+    bounding box of its points, from the site's westernmost point to the point beside it."""
     (window,) = computed.windows
+    planned = point_windows(computed.lon, computed.lat)[0]
+    assert window == planned.geobox
+    assert len(planned.points) == len(computed.site) + 2  # the polygon and the point beside the site
     height, width = window.shape
     assert height <= 250
     assert width <= 250 + 240
@@ -267,6 +272,34 @@ def test_a_window_is_the_points_bounding_box_on_the_20m_lattice(
     np.testing.assert_array_equal(window.rows, np.floor((affine.f - y) / 10))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    lon=st.lists(st.floats(-180, 180), min_size=1, max_size=4),
+    lat=st.lists(st.floats(-80, 84), min_size=4, max_size=4),
+    spread=st.floats(0, 0.3),
+)
+def test_each_point_lies_in_its_window_pixel_of_its_grid_tile(
+    lon: list[float], lat: list[float], spread: float
+) -> None:
+    """Anywhere on the globe: the window is a piece of the point's tile of zone_grid, on the 20 m
+    lattice, and the pixel given for each point is the one whose square holds it."""
+    lons = np.clip(np.array(lon) + spread * np.arange(len(lon)), -180, 180)
+    lats = np.array(lat[: len(lon)])
+    for window in point_windows(lons, lats):
+        tile, affine = window.tile, window.geobox.affine
+        x, y = Transformer.from_crs(4326, tile.epsg, always_xy=True).transform(lons[window.points], lats[window.points])
+        grid = zone_grid(tile.zone, tile.hemisphere)
+        for index in (grid.pt2idx(float(a), float(b)) for a, b in zip(x, y, strict=True)):
+            assert (index.x, index.y) == (tile.col, tile.row)
+        assert (affine.c - tile.geobox.affine.c) % 20 == 0
+        assert (affine.f - tile.geobox.affine.f) % 20 == 0
+        height, width = window.geobox.shape
+        assert ((window.rows >= 0) & (window.rows < height) & (window.cols >= 0) & (window.cols < width)).all()
+        centre_x, centre_y = affine.c + 10 * (window.cols + 0.5), affine.f - 10 * (window.rows + 0.5)
+        assert (np.abs(np.asarray(x) - centre_x) <= 5 + 1e-6).all()
+        assert (np.abs(np.asarray(y) - centre_y) <= 5 + 1e-6).all()
+
+
 def test_points_across_zones_and_the_equator_get_their_own_tiles() -> None:
     lon, lat = np.array([17.99, 18.01, 18.01]), np.array([1.0, 1.0, -1.0])
     windows = point_windows(lon, lat)
@@ -293,8 +326,8 @@ def test_months_of_a_period() -> None:
 
 
 @pytest.fixture
-def one_point() -> Iterator[gpd.GeoDataFrame]:
-    yield gpd.GeoDataFrame(geometry=[Point(15.065, 46.2)], crs="EPSG:4326")
+def one_point() -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(geometry=[Point(15.065, 46.2)], crs="EPSG:4326")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ library function.
     fields.py   run, plan      (run.run / cluster.run_on_cluster, run.dry_run)
     stores.py   info, verify, migrate   (store.describe_store, verify.verify_store, migrate.migrate_store)
     maps.py     sample, classify, evaluate   (maps.sample, maps.classify, maps.protocol)
+    views.py    quicklook   (views.quicklook)
     demo.py     demo-catalog   (testing.build_catalog)
     options.py  the options run and plan share, --config files, the request they make
 
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aef_pipeline import __version__
-from aef_pipeline.cli import demo, fields, maps, stores
+from aef_pipeline.cli import demo, fields, maps, stores, views
 from aef_pipeline.cli.options import EXIT_USAGE, with_config
 from aef_pipeline.errors import UserInputError
 
@@ -61,4 +62,5 @@ def _parser() -> argparse.ArgumentParser:
     fields.add_commands(commands)
     stores.add_commands(commands)
     maps.add_commands(commands)
+    views.add_commands(commands)
     return parser

@@ -10,10 +10,12 @@ products, the same harmonisation (per processing baseline), the same per-pixel c
 the same resampling of the 20 m bands as the encoder does.
 
 Points are grouped by tile of the global grid. Each tile loads only the smallest window of its
-10 m grid that holds its points (rounded out to whole 20 m pixels, see `point_windows`), lazily
-in row blocks, and only the blocks that hold a point are read: memory stays a few blocks of one
-frame, whatever the window or the number of frames. Each point takes the pixel it falls in (the
-nearest pixel centre); a polygon takes its representative point.
+10 m grid that holds its points, rounded out to whole 20 m pixels (so a pixel's value does not
+depend on the window), lazily in row blocks of READ_ROWS; only the blocks that hold a point are
+read (plus the window's SCL, which preprocess reads whole to drop frames without a clear pixel).
+Memory stays a few blocks of one frame, whatever the window's size or the number of frames; what
+is read grows with the window's width times the row blocks its points touch. Each point takes
+the pixel it falls in (the nearest pixel centre); a polygon takes its representative point.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -31,7 +34,7 @@ from pyproj import Transformer
 
 from aef_pipeline.environment import TaskEnvironment, applied
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import TILE_PIXELS, UTM_LATITUDES, TileId, utm_epsg, utm_zone, zone_grid
+from aef_pipeline.grid import RESOLUTION_M, TILE_PIXELS, UTM_LATITUDES, TileId, utm_epsg, utm_zone
 from aef_pipeline.load import load_selection, report_read_failures
 from aef_pipeline.model.spec import load_spec
 from aef_pipeline.plan import Period
@@ -42,8 +45,8 @@ from aef_pipeline.sentinel2 import BAND_BY_NAME
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
 
-SPEC_BANDS: tuple[str, ...] = load_spec("tiny").bands
-"""The encoders' input bands, in their order: the baseline describes what the encoder is given."""
+DEFAULT_SPEC = "tiny"
+"""Whose input bands the baseline uses by default: it describes what the encoder is given."""
 # Rows of a lazy read block. A point costs reading its block (these rows x the window's width, one
 # frame at a time), so blocks are smaller than the encoder's 512 rows, which sparse points would
 # mostly read for nothing. Even, so the 20 m bands stay on their own lattice (load.py).
@@ -91,7 +94,7 @@ def baseline_features(
     period: Period,
     catalog: CatalogConfig,
     *,
-    bands: Sequence[str] = SPEC_BANDS,
+    bands: Sequence[str] | None = None,
     environment: TaskEnvironment | None = None,
 ) -> BaselineFeatures:
     """Annual and monthly mean reflectance of `bands` at `points` (lon/lat; any other declared CRS
@@ -101,8 +104,9 @@ def baseline_features(
     and nodata pixels do not). A month of the period with no valid observation at a point is
     filled with that point's mean over the period; a point with none at all gets a NaN row and is
     counted in `points_without_data`. A tile with no product warns (search.NoScenesWarning).
-    `environment` sets the read threads, GDAL options and reader (default: TaskEnvironment())."""
-    names = checked_bands(bands)
+    `environment` sets the read threads, GDAL options and reader (default: TaskEnvironment()).
+    `bands` default to the input bands of the DEFAULT_SPEC model spec, in its order."""
+    names = checked_bands(bands if bands is not None else load_spec(DEFAULT_SPEC).bands)
     lon, lat = point_lonlat(points)
     months = period_months(period)
     annual = np.full((len(lon), len(names)), np.nan, np.float32)
@@ -171,38 +175,37 @@ def period_months(period: Period) -> NDArray[np.datetime64]:
 
 def point_windows(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> list[PointWindow]:
     """The points grouped by tile of the global grid, each tile with the smallest window of its
-    grid that holds them. The window's edges are rounded out to even pixels, on the 20 m lattice
-    of the tile, so the 20 m bands are read without warping and bilinearly doubled exactly as for
-    the whole tile (load.load_selection): a pixel's value does not depend on the window."""
-    tiles, rows, cols = tile_pixels(lon, lat)
+    grid that holds them, in tile order. Each point lies in the pixel whose square holds it (whose
+    centre is nearest; one on a pixel edge goes to the pixel east or north of it)."""
     windows = []
-    for tile in sorted(set(tiles)):
-        members = np.flatnonzero(np.array([t == tile for t in tiles], dtype=bool))
-        r0, c0 = 2 * (rows[members].min() // 2), 2 * (cols[members].min() // 2)
-        r1, c1 = 2 * (rows[members].max() // 2 + 1), 2 * (cols[members].max() // 2 + 1)
-        geobox = tile.geobox[int(r0) : int(r1), int(c0) : int(c1)]
-        windows.append(PointWindow(tile, geobox, members, rows[members] - r0, cols[members] - c0))
-    return windows
-
-
-def tile_pixels(lon: NDArray[np.float64], lat: NDArray[np.float64]) -> tuple[list[TileId], IntArray, IntArray]:
-    """Each point's tile, and the row and column of the tile's pixel it falls in."""
-    zones = [(utm_zone(x), "N" if y >= 0 else "S") for x, y in zip(lon, lat, strict=True)]
-    tiles: list[TileId] = [TileId(0, "N", 0, 0)] * len(lon)
-    rows, cols = np.zeros(len(lon), np.int64), np.zeros(len(lon), np.int64)
-    for zone, hemisphere in sorted(set(zones)):
-        members = np.flatnonzero(np.array([z == (zone, hemisphere) for z in zones], dtype=bool))
+    for (zone, south), members in _groups(np.stack([[utm_zone(x) for x in lon], lat < 0], axis=1)):
+        hemisphere = "S" if south else "N"
         to_utm = Transformer.from_crs(4326, utm_epsg(zone, hemisphere), always_xy=True)
         x, y = (np.asarray(v) for v in to_utm.transform(lon[members], lat[members]))
-        grid = zone_grid(zone, hemisphere)
-        for index, member in enumerate(members):
-            where = grid.pt2idx(float(x[index]), float(y[index]))
-            tiles[member] = TileId(zone, hemisphere, where.x, where.y)
-            affine = tiles[member].geobox.affine
-            cols[member] = int(np.floor((x[index] - affine.c) / affine.a))
-            rows[member] = int(np.floor((y[index] - affine.f) / affine.e))
-    assert ((rows >= 0) & (rows < TILE_PIXELS) & (cols >= 0) & (cols < TILE_PIXELS)).all()
-    return tiles, rows, cols
+        # Pixels of the zone's grid, counted from its origin (eastwards, northwards): a tile is a
+        # block of TILE_PIXELS of them (grid.TileId), so a point's tile is integer arithmetic.
+        across, up = np.floor(x / RESOLUTION_M).astype(np.int64), np.floor(y / RESOLUTION_M).astype(np.int64)
+        for (col, row), inside in _groups(np.stack([across // TILE_PIXELS, up // TILE_PIXELS], axis=1)):
+            tile = TileId(zone, hemisphere, col, row)
+            rows = TILE_PIXELS - 1 - up[inside] % TILE_PIXELS  # the tile's rows run southwards
+            windows.append(_window(tile, members[inside], rows, across[inside] % TILE_PIXELS))
+    return sorted(windows, key=lambda window: window.tile)
+
+
+def _window(tile: TileId, points: IntArray, rows: IntArray, cols: IntArray) -> PointWindow:
+    """The smallest window of the tile holding these pixels, its edges rounded out to even pixels:
+    on the tile's 20 m lattice, the 20 m bands are read without warping and doubled exactly as for
+    the whole tile (load.load_selection), so a pixel's value does not depend on the window."""
+    r0, c0 = 2 * (rows.min() // 2), 2 * (cols.min() // 2)
+    r1, c1 = 2 * (rows.max() // 2 + 1), 2 * (cols.max() // 2 + 1)
+    return PointWindow(tile, tile.geobox[int(r0) : int(r1), int(c0) : int(c1)], points, rows - r0, cols - c0)
+
+
+def _groups(keys: NDArray[Any]) -> list[tuple[tuple[int, ...], IntArray]]:
+    """The distinct rows of `keys` (n, k), each with the indices of the rows equal to it."""
+    distinct, inverse = np.unique(keys.astype(np.int64), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    return [(tuple(int(v) for v in key), np.flatnonzero(inverse == i)) for i, key in enumerate(distinct)]
 
 
 def read_window(

@@ -300,12 +300,12 @@ def _write_maps(request: MapRequest, samples: Samples, estimator: BaseEstimator,
     return outputs
 
 
-def mosaic(predictions: list[xr.Dataset], crs: str) -> xr.Dataset:
-    """The zones' maps on one grid of `crs` (10 m, or 1e-4 degree for a geographic CRS), nearest
-    neighbour (classes must stay classes); where zones overlap, the first zone's pixel wins.
-    Lazy: odc-geo reprojects chunk by chunk."""
+def mosaic(predictions: list[xr.Dataset], crs: str, resolution_m: float = RESOLUTION_M) -> xr.Dataset:
+    """The zones' maps on one grid of `crs` (`resolution_m`, or its equivalent in degrees for a
+    geographic CRS), nearest neighbour (classes must stay classes); where zones overlap, the first
+    zone's pixel wins. Lazy: odc-geo reprojects chunk by chunk."""
     target_crs = CRS(crs)
-    resolution = 1e-4 if target_crs.geographic else float(RESOLUTION_M)
+    resolution = resolution_m / 1e5 if target_crs.geographic else float(resolution_m)
     extents = [p.odc.geobox.extent.to_crs(target_crs) for p in predictions]
     left = min(e.boundingbox.left for e in extents)
     bottom = min(e.boundingbox.bottom for e in extents)

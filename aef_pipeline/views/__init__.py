@@ -1,0 +1,1 @@
+"""Seeing and comparing fields: quicklooks, similarity to reference vectors, change between periods."""

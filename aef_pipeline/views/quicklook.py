@@ -1,0 +1,205 @@
+"""Quicklooks: an RGB picture of a field from a PCA fitted once over the whole field.
+
+    look = quicklook(Path("field.zarr"), period="2022", max_size=2048)
+    save_png(look, Path("quick.png"))
+
+The three principal components are fitted on vectors drawn from every written tile of every
+zone group, and stretched by the 2nd-98th percentiles of that same sample, so every tile and
+zone shares one colour scale (a PCA per tile would shift colours at tile edges). The picture is
+the field averaged over blocks of 2^k pixels (mean of the unit vectors, re-normalised), computed
+chunk by chunk on dask, so memory follows `max_size`, not the area. Nodata is transparent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+from numpy.typing import NDArray
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from sklearn.decomposition import PCA
+
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import TILE_PIXELS
+from aef_pipeline.maps.classify import mosaic
+from aef_pipeline.maps.sample import choose_period
+from aef_pipeline.plan import Period
+from aef_pipeline.store import (
+    CHUNK_PX,
+    NODATA_INT8,
+    READ_CHUNK_PX,
+    dequantise,
+    open_embeddings,
+    read_record,
+    store_periods,
+    tile_region,
+    written_tiles,
+    zone_attrs,
+    zones_in,
+)
+
+SAMPLE_CHUNKS = 64  # stored 128 px chunks the PCA is fitted on, drawn across every written tile
+SAMPLE_VECTORS = 20_000
+STRETCH = (2.0, 98.0)
+
+
+@dataclass
+class Quicklook:
+    rgba: NDArray[np.uint8]
+    """(rows, cols, 4): the three components stretched to 0-255, alpha 0 where there is no data."""
+    period: Period
+    explained_variance: list[float]
+    crs: str
+    block_px: int
+    """Field pixels averaged into one picture pixel (along each axis)."""
+    model_weights: str
+
+
+def quicklook(store: Path, period: Period | str | None = None, *, max_size: int = 2048, seed: int = 0) -> Quicklook:
+    if max_size < 16:
+        raise UserInputError(f"--max-size {max_size} is below 16 px: ask for a larger picture")
+    chosen = choose_period(store, period)
+    zones = [z for z in zones_in(store) if chosen in store_periods(store, z) and _tiles(store, z, chosen)]
+    if not zones:
+        raise UserInputError(f"{store} has no finished tile for {chosen.label}: run `aef-pipeline run` first")
+    sample = _sample(store, zones, chosen, seed)
+    pca = PCA(n_components=3, random_state=seed).fit(sample)
+    low, high = _stretch(pca, sample)
+    fields = {z: _written_part(open_embeddings(store, z, period=chosen).isel(time=0), store, z, chosen) for z in zones}
+    block = _block_px(max(max(ds.sizes["y"], ds.sizes["x"]) for ds in fields.values()) * len(zones), max_size)
+    pictures = [_components(ds, pca, block) for ds in fields.values()]
+    picture = pictures[0] if len(pictures) == 1 else mosaic(pictures, str(pictures[0].rio.crs), _resolution(block))
+    rgba = _rgba(picture, low, high)
+    attrs = zone_attrs(store, zones[0]) or {}
+    return Quicklook(
+        rgba,
+        chosen,
+        [round(float(v), 4) for v in pca.explained_variance_ratio_],
+        str(picture.rio.crs),
+        block,
+        str(attrs.get("aef:model_weights")),
+    )
+
+
+def save_png(look: Quicklook, out: Path) -> None:
+    """The picture as PNG, with the period, the explained variance and the weights in its text chunks."""
+    info = PngInfo()
+    info.add_text("aef:period", look.period.label)
+    info.add_text("aef:explained_variance", json.dumps(look.explained_variance))
+    info.add_text("aef:block_px", str(look.block_px))
+    info.add_text("aef:crs", look.crs)
+    info.add_text("aef:model_weights", look.model_weights)
+    partial = out.with_name(f".{out.name}.partial")
+    Image.fromarray(look.rgba, "RGBA").save(partial, format="PNG", pnginfo=info)
+    partial.replace(out)
+
+
+def _tiles(store: Path, zone: str, period: Period) -> list[tuple[slice, slice]]:
+    index = store_periods(store, zone).index(period)
+    extent = (zone_attrs(store, zone) or {})["aef:tiles"]
+    return [tile_region(tile, extent) for tile in written_tiles(store, zone).get(index, [])]
+
+
+def _written_part(field: xr.Dataset, store: Path, zone: str, period: Period) -> xr.Dataset:
+    """The field cut to the rectangle of the areas its records say were written (a small run
+    writes a window of a tile; the rest of the tile is nodata and would only shrink the picture)."""
+    boxes = []
+    index = store_periods(store, zone).index(period)
+    for tile in written_tiles(store, zone).get(index, []):
+        affine = tile.geobox.affine
+        for r0, r1, c0, c1 in read_record(store, tile, period).get("areas", []):
+            boxes.append(
+                (affine.c + c0 * affine.a, affine.f + r1 * affine.e, affine.c + c1 * affine.a, affine.f + r0 * affine.e)
+            )
+    left, bottom = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    right, top = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    return field.sel(x=slice(left, right), y=slice(top, bottom))
+
+
+def _sample(store: Path, zones: list[str], period: Period, seed: int) -> NDArray[np.float32]:
+    """Valid vectors from up to SAMPLE_CHUNKS stored chunks drawn across every written tile."""
+    candidates = [
+        (zone, rows.start + r, cols.start + c)
+        for zone in zones
+        for rows, cols in _tiles(store, zone, period)
+        for r in range(0, TILE_PIXELS, CHUNK_PX)
+        for c in range(0, TILE_PIXELS, CHUNK_PX)
+    ]
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(candidates), size=min(SAMPLE_CHUNKS, len(candidates)), replace=False)
+    vectors = []
+    for i in sorted(picked):
+        zone, r0, c0 = candidates[i]
+        index = store_periods(store, zone).index(period)
+        embedding = zarr.open_array(str(store / zone / "embedding"), mode="r")
+        stored = np.asarray(embedding[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX])
+        flat = stored.reshape(-1, stored.shape[-1])
+        valid = (flat != NODATA_INT8).all(axis=1) if flat.dtype == np.int8 else np.isfinite(flat).all(axis=1)
+        vectors.append(dequantise(flat[valid]) if flat.dtype == np.int8 else flat[valid].astype(np.float32))
+    sample = np.concatenate(vectors)
+    if len(sample) < 3:
+        raise UserInputError(f"{store} has fewer than 3 valid vectors for {period.label}: nothing to picture")
+    if len(sample) > SAMPLE_VECTORS:
+        sample = sample[rng.choice(len(sample), SAMPLE_VECTORS, replace=False)]
+    return sample
+
+
+def _stretch(pca: PCA, sample: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    projected = pca.transform(sample)
+    return np.percentile(projected, STRETCH[0], axis=0), np.percentile(projected, STRETCH[1], axis=0)
+
+
+def _block_px(extent_px: int, max_size: int) -> int:
+    """A power of two (so blocks nest in the 640 px read chunks), or a multiple of 640 beyond."""
+    needed = max(1, math.ceil(extent_px / max_size))
+    block = 1 << math.ceil(math.log2(needed))
+    return block if block <= READ_CHUNK_PX else READ_CHUNK_PX * math.ceil(needed / READ_CHUNK_PX)
+
+
+def _resolution(block: int) -> float:
+    return 10.0 * block
+
+
+def _components(field: xr.Dataset, pca: PCA, block: int) -> xr.Dataset:
+    """The three components of the block-averaged, re-normalised field; NaN where nothing is valid."""
+    embedding = field.embedding.transpose("y", "x", "band")
+    if block > 1:
+        embedding = embedding.coarsen(y=block, x=block, boundary="pad").mean()
+        embedding = embedding / np.sqrt((embedding**2).sum("band"))
+    projected = xr.apply_ufunc(
+        _project,
+        embedding,
+        kwargs={"pca": pca},
+        input_core_dims=[["band"]],
+        output_core_dims=[["component"]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"component": 3}},
+    )
+    ds = xr.Dataset({name: projected.isel(component=i) for i, name in enumerate(("c1", "c2", "c3"))}).compute()
+    located: xr.Dataset = ds.rio.write_crs(field.rio.crs)
+    return located
+
+
+def _project(vectors: NDArray[np.float32], pca: PCA) -> NDArray[np.float64]:
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    out = np.full((len(flat), 3), np.nan)
+    valid = np.isfinite(flat).all(axis=1)
+    if valid.any():
+        out[valid] = pca.transform(flat[valid])
+    return out.reshape(*vectors.shape[:-1], 3)
+
+
+def _rgba(picture: xr.Dataset, low: NDArray[np.float64], high: NDArray[np.float64]) -> NDArray[np.uint8]:
+    components = np.stack([picture[name].values for name in ("c1", "c2", "c3")], axis=-1)
+    valid = np.isfinite(components).all(axis=-1)
+    scaled = np.clip((components - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0)
+    rgb = np.where(valid[..., None], np.round(scaled * 255), 0).astype(np.uint8)
+    alpha = np.where(valid, 255, 0).astype(np.uint8)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)
