@@ -72,7 +72,7 @@ def quicklook(store: Path, period: Period | str | None = None, *, max_size: int 
     pca = PCA(n_components=3, random_state=seed).fit(sample)
     low, high = _stretch(pca, sample)
     fields = {z: _written_part(open_embeddings(store, z, period=chosen).isel(time=0), store, z, chosen) for z in zones}
-    block = _block_px(max(max(ds.sizes["y"], ds.sizes["x"]) for ds in fields.values()) * len(zones), max_size)
+    block = _block_px(_extent_px(list(fields.values())), max_size)
     pictures = [_components(ds, pca, block) for ds in fields.values()]
     picture = pictures[0] if len(pictures) == 1 else mosaic(pictures, str(pictures[0].rio.crs), _resolution(block))
     rgba = _rgba(picture, low, high)
@@ -160,6 +160,16 @@ def _block_px(extent_px: int, max_size: int) -> int:
     needed = max(1, math.ceil(extent_px / max_size))
     block = 1 << math.ceil(math.log2(needed))
     return block if block <= READ_CHUNK_PX else READ_CHUNK_PX * math.ceil(needed / READ_CHUNK_PX)
+
+
+def _extent_px(fields: list[xr.Dataset]) -> int:
+    """The longest side, in 10 m pixels, of the fields' union on the first one's grid (where a
+    mosaic of several zones is drawn)."""
+    crs = fields[0].odc.geobox.crs
+    boxes = [field.odc.geobox.extent.to_crs(crs).boundingbox for field in fields]
+    width: float = max(b.right for b in boxes) - min(b.left for b in boxes)
+    height: float = max(b.top for b in boxes) - min(b.bottom for b in boxes)
+    return math.ceil(max(width, height) / 10.0)
 
 
 def _resolution(block: int) -> float:
