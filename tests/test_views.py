@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 from PIL import Image
 from PIL.PngImagePlugin import PngImageFile
+from rasterio.features import rasterize
+from shapely.geometry import Point
 
 from aef_pipeline.cli import main
+from aef_pipeline.plan import Period
 from aef_pipeline.store import create_store, finalize, write_tile
-from tests.test_maps import LAYOUT, TILES, YEAR, _stripes
+from tests.test_maps import LAYOUT, STRIPE_PX, TILES, WINDOW, YEAR, _lonlat, _stripes
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +85,91 @@ def test_bad_quicklook_input(
     assert len(err) == 1
     assert phrase in err[0]
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def two_years(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tile, 2022 and 2023: the same vectors, except the stripes swap classes in 2023's lower half."""
+    path = tmp_path_factory.mktemp("change") / "field.zarr"
+    tile, later = TILES[0], Period.year(2023)
+    create_store(path, [tile], [YEAR, later], LAYOUT)
+    record = {"model": LAYOUT.model, "model_weights": LAYOUT.model_weights}
+    first = _stripes(tile)
+    second = first.copy(deep=True)
+    second["embedding"][:, 192:, :] = first.embedding[:, 192:, :].roll(x=STRIPE_PX).values  # the other class
+    write_tile(path, tile, YEAR, first, record)
+    write_tile(path, tile, later, second, record)
+    finalize(path)
+    return path
+
+
+def _read_band(path: Path) -> tuple[np.ndarray, Any]:
+    with rasterio.open(path) as raster:
+        return raster.read(1), raster.transform
+
+
+def test_similarity_is_one_at_the_reference_and_polygons_cover_the_hits(stripes: Path, tmp_path: Path) -> None:
+    tile = TILES[0]
+    refs = gpd.GeoDataFrame(geometry=[Point(*_lonlat(tile, 100, 40))], crs="EPSG:4326")  # a class-2 pixel
+    refs.to_file(tmp_path / "refs.geojson")
+    out, hits = tmp_path / "sim.tif", tmp_path / "hits.geojson"
+    argv = ["similarity", str(stripes), "--points", str(tmp_path / "refs.geojson"), "--out", str(out)]
+    assert main([*argv, "--threshold", "0.8", "--polygons", str(hits)]) == 0
+    score, transform = _read_band(tmp_path / "sim_33N.tif")
+    assert abs(score[100, 40] - 1.0) < 0.03  # a unit vector with itself, after int8 rounding
+    assert np.isnan(score[:16, :16]).all()  # nodata stays nodata
+    same, other = score[16:WINDOW, 32:64], score[16:WINDOW, 64:96]  # the reference's class, the other
+    assert np.nanmean(same) > 0.8 > np.nanmean(other)
+    found = gpd.read_file(hits).to_crs(32633)
+    burnt = rasterize(((g, 1) for g in found.geometry), out_shape=score.shape, transform=transform)
+    thresholded = np.nan_to_num(score, nan=-np.inf) >= 0.8
+    assert (burnt.astype(bool) == thresholded).mean() > 0.9999  # the same pixels, up to reprojection rounding
+    assert (found["score"] >= 0.8).all()
+
+
+def test_change_is_zero_where_nothing_changed(two_years: Path, tmp_path: Path) -> None:
+    out = tmp_path / "change.tif"
+    assert main(["change", str(two_years), "--from", "2022", "--to", "2023", "--out", str(out)]) == 0
+    change, _ = _read_band(out)
+    assert np.isnan(change[:16, :16]).all()
+    assert np.nanmax(np.abs(change[16:192, 16:WINDOW])) < 0.03  # unchanged: 1 - |v|^2 after int8 rounding
+    assert np.nanmean(change[192:WINDOW, 16:WINDOW]) > 0.5  # swapped classes
+    assert np.isnan(change[WINDOW:, WINDOW:]).all()  # never written: nodata, not "no change"
+
+
+@pytest.mark.parametrize(
+    ("argv", "phrase"),
+    [
+        (["change", "{field}", "--from", "2022", "--to", "2022"], "--from and --to are the same period (2022)"),
+        (["change", "{field}", "--from", "2022", "--to", "2021"], "holds no period 2021; it holds 2022, 2023"),
+        (["change", "{field}", "--from", "2022", "--to", "2023", "--threshold", "3"], "outside [0, 2]"),
+        (["similarity", "{field}", "--points", "{refs}", "--threshold", "1.5"], "outside [-1, 1]"),
+        (["similarity", "{field}", "--points", "{refs}"], "holds periods 2022, 2023: pass --period"),
+        (["similarity", "{field}", "--points", "{far}", "--period", "2022"], "references have no vector in"),
+        (["similarity", "{field}", "--points", "{refs}", "--polygons", "{tmp}/p.geojson"], "--polygons needs"),
+    ],
+)
+def test_bad_similarity_and_change_input(
+    two_years: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], phrase: str
+) -> None:
+    gpd.GeoDataFrame(geometry=[Point(*_lonlat(TILES[0], 100, 40))], crs="EPSG:4326").to_file(tmp_path / "refs.geojson")
+    gpd.GeoDataFrame(geometry=[Point(100.0, 10.0)], crs="EPSG:4326").to_file(tmp_path / "far.geojson")
+    names = {"field": two_years, "refs": tmp_path / "refs.geojson", "far": tmp_path / "far.geojson", "tmp": tmp_path}
+    command = [a.format(**names) for a in argv] + ["--out", str(tmp_path / "out.tif")]
+    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert phrase in err[0]
+    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+
+
+def test_change_between_periods_of_different_lengths_needs_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "field.zarr"
+    half = Period(dt.datetime(2023, 1, 1, tzinfo=dt.UTC), dt.datetime(2023, 7, 1, tzinfo=dt.UTC))
+    create_store(path, TILES[:1], [YEAR, half], LAYOUT)
+    argv = ["change", str(path), "--from", "2022", "--to", "2023-01-01/2023-07-01", "--out", str(tmp_path / "c.tif")]
+    assert main(argv) == 2
+    assert "periods 2022 and 2023-01-01_2023-07-01 differ in length" in capsys.readouterr().err

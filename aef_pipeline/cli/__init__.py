@@ -4,7 +4,7 @@ library function.
     fields.py   run, plan      (run.run / cluster.run_on_cluster, run.dry_run)
     stores.py   info, verify, migrate   (store.describe_store, verify.verify_store, migrate.migrate_store)
     maps.py     sample, classify, evaluate   (maps.sample, maps.classify, maps.protocol)
-    views.py    quicklook   (views.quicklook)
+    views.py    quicklook, similarity, change   (views.quicklook, views.compare)
     demo.py     demo-catalog   (testing.build_catalog)
     options.py  the options run and plan share, --config files, the request they make
 

@@ -1,4 +1,4 @@
-"""`quicklook`: see a field before trusting it."""
+"""`quicklook`, `similarity`, `change`: see a field before trusting it, and compare within it."""
 
 from __future__ import annotations
 
@@ -20,9 +20,30 @@ def add_commands(commands: Any) -> None:
     look.add_argument("--overwrite", action="store_true", help="replace an existing picture")
     look.set_defaults(handler=quicklook_command)
 
+    similar = commands.add_parser("similarity", help="mean dot product with reference points or polygons (COG)")
+    similar.add_argument("field", type=Path, help="an embedding store (Zarr)")
+    similar.add_argument("--points", type=Path, required=True, help="reference points or polygons (any vector file)")
+    similar.add_argument("--out", type=Path, required=True, help="sim.tif (a COG per zone group)")
+    similar.add_argument("--period", help="a year (2022) or START/END; may be left out when the field holds one")
+    similar.add_argument("--threshold", type=float, help="score from which pixels count as similar, in [-1, 1]")
+    similar.add_argument("--polygons", type=Path, help="GeoJSON of the pixels at or above --threshold")
+    similar.add_argument("--points-crs", help="CRS of a table's x/y columns, or of a file that declares none")
+    similar.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    similar.set_defaults(handler=similarity_command)
+
+    change = commands.add_parser("change", help="1 - dot product between two periods of a field (COG)")
+    change.add_argument("field", type=Path, help="an embedding store (Zarr)")
+    change.add_argument("--from", dest="before", required=True, help="the earlier period: 2021 or START/END")
+    change.add_argument("--to", dest="after", required=True, help="the later period")
+    change.add_argument("--out", type=Path, required=True, help="change.tif (a COG per zone group)")
+    change.add_argument("--threshold", type=float, help="change from which pixels count as changed, in [0, 2]")
+    change.add_argument("--polygons", type=Path, help="GeoJSON of the pixels at or above --threshold")
+    change.add_argument("--force", action="store_true", help="compare periods of different lengths")
+    change.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    change.set_defaults(handler=change_command)
+
 
 def quicklook_command(args: argparse.Namespace) -> int:
-    from aef_pipeline.store import zones_in
     from aef_pipeline.views.quicklook import quicklook, save_png
 
     out: Path = args.out
@@ -30,8 +51,7 @@ def quicklook_command(args: argparse.Namespace) -> int:
         raise UserInputError(f"--out {out}: end it with .png")
     if out.exists() and not args.overwrite:
         raise UserInputError(f"{out} exists: choose another --out or pass --overwrite")
-    if not zones_in(args.field):
-        raise UserInputError(f"{args.field} is not an aef-pipeline embedding store (no zone groups found)")
+    _check_field(args.field)
     look = quicklook(args.field, args.period, max_size=args.max_size)
     save_png(look, out)
     rows, cols = look.rgba.shape[:2]
@@ -43,3 +63,39 @@ def quicklook_command(args: argparse.Namespace) -> int:
     if look.model_weights.startswith("untrained"):
         print("the field comes from an untrained encoder: colours show image features, not learned embeddings")
     return 0
+
+
+def similarity_command(args: argparse.Namespace) -> int:
+    from aef_pipeline.views.compare import SimilarityRequest, similarity_map, summary
+
+    _check_field(args.field)
+    _check_polygons(args)
+    request = SimilarityRequest(
+        args.field, args.points, args.out, args.period, args.threshold, args.polygons, args.overwrite, args.points_crs
+    )
+    print(summary(similarity_map(request)))
+    return 0
+
+
+def change_command(args: argparse.Namespace) -> int:
+    from aef_pipeline.views.compare import ChangeRequest, change_map, summary
+
+    _check_field(args.field)
+    _check_polygons(args)
+    request = ChangeRequest(
+        args.field, args.before, args.after, args.out, args.threshold, args.polygons, args.force, args.overwrite
+    )
+    print(summary(change_map(request)))
+    return 0
+
+
+def _check_field(path: Path) -> None:
+    from aef_pipeline.store import zones_in
+
+    if not zones_in(path):
+        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+
+
+def _check_polygons(args: argparse.Namespace) -> None:
+    if args.polygons is not None and args.threshold is None:
+        raise UserInputError("--polygons needs --threshold: say which scores count")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio.shutil
 import xarray as xr
 from numpy.typing import NDArray
 from odc.geo import CRS
@@ -41,6 +39,7 @@ from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from aef_pipeline.errors import AefWarning, UserInputError
 from aef_pipeline.grid import RESOLUTION_M, utm_epsg
 from aef_pipeline.maps.points import read_points
+from aef_pipeline.maps.raster import write_cog
 from aef_pipeline.maps.sample import Samples, sample_field
 from aef_pipeline.store import NODATA_INT8, dequantise, finalize, open_embeddings, store_periods, zone_attrs, zones_in
 
@@ -392,8 +391,7 @@ def _replace(out: Path, overwrite: bool) -> None:
 
 def _write_cog(prediction: xr.Dataset, out: Path, target: Target, request: MapRequest) -> None:
     """Two bands (class and confidence in %, or value and spread) as a COG with overviews (mode for
-    classes, average for values). Written as a tiled GeoTIFF chunk by chunk, then copied by GDAL's
-    COG driver (which streams blocks) and renamed into place: no half-written map at `out`."""
+    classes, average for values)."""
     if request.regress:
         nodata: float = np.nan
         resampling = "AVERAGE"
@@ -404,18 +402,8 @@ def _write_cog(prediction: xr.Dataset, out: Path, target: Target, request: MapRe
         bands = [prediction["class"], (prediction["confidence"] * 100).round()]
         bands = [band.fillna(nodata).astype(dtype) for band in bands]
     stacked = xr.concat(bands, dim="band").assign_coords(band=[1, 2]).rio.write_nodata(nodata)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        tiled, partial = Path(tmp) / "tiled.tif", Path(tmp) / out.name
-        stacked.rio.to_raster(
-            tiled, tiled=True, blockxsize=512, blockysize=512, compress="DEFLATE", lock=threading.Lock()
-        )
-        with rasterio.open(tiled, "r+") as raster:
-            raster.descriptions = ("value", "spread") if request.regress else ("class", "confidence_percent")
-            raster.update_tags(**_tags(request, target))
-        rasterio.shutil.copy(
-            tiled, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, OVERVIEW_RESAMPLING=resampling
-        )
-        partial.replace(out)
+    descriptions = ("value", "spread") if request.regress else ("class", "confidence_percent")
+    write_cog(stacked, out, resampling=resampling, descriptions=descriptions, tags=_tags(request, target))
     if target.names:
         _write_category_names(out, target.names)
 

@@ -1,0 +1,184 @@
+"""Similarity to reference vectors and change between periods, as maps (`similarity`, `change`).
+
+    similarity_map(SimilarityRequest(Path("field.zarr"), Path("refs.geojson"), Path("sim.tif")))
+    change_map(ChangeRequest(Path("field.zarr"), "2021", "2022", Path("change.tif")))
+
+Similarity is the mean dot product with the reference vectors (points, or polygons as their
+re-normalised mean vector), i.e. the dot product with the references' mean: 1 at a reference
+pixel (within quantisation), falling off elsewhere. Change is 1 - the dot product of a pixel's
+vectors in two periods: 0 where nothing changed, up to 2. Both are computed chunk by chunk on
+dask, NaN where the field (either period, for change) has no vector, and written as a float32
+COG with overviews per zone group. With a threshold, the pixels at or beyond it become polygons
+(GeoJSON, lon/lat) with their mean score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import xarray as xr
+from numpy.typing import NDArray
+from rasterio.features import rasterize, shapes
+from shapely.geometry import shape
+
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.maps.points import read_points
+from aef_pipeline.maps.raster import write_cog
+from aef_pipeline.maps.sample import choose_period, sample_field
+from aef_pipeline.plan import Period
+from aef_pipeline.store import open_embeddings, store_periods, zones_in
+
+
+@dataclass(frozen=True)
+class SimilarityRequest:
+    field_path: Path
+    references: Path
+    out: Path
+    period: str | None = None
+    threshold: float | None = None
+    polygons: Path | None = None
+    overwrite: bool = False
+    points_crs: str | None = None
+
+
+@dataclass(frozen=True)
+class ChangeRequest:
+    field_path: Path
+    before: str
+    after: str
+    out: Path
+    threshold: float | None = None
+    polygons: Path | None = None
+    force: bool = False
+    overwrite: bool = False
+
+
+def similarity_map(request: SimilarityRequest) -> dict[str, Any]:
+    """The similarity map(s) and, with a threshold, the polygons; returns what was written."""
+    _check_outputs(request.out, request.polygons, request.overwrite)
+    _check_threshold(request.threshold, (-1.0, 1.0), "similarity")
+    period = choose_period(request.field_path, request.period)
+    references = read_points(request.references, request.points_crs)
+    samples = sample_field(request.field_path, references, period)
+    if samples.missing:
+        first = samples.missing[0]
+        raise UserInputError(
+            f"{len(samples.missing)} of {len(references)} references have no vector in {request.field_path} "
+            f"(e.g. row {first['index']}: {first['reason']}): place references on written, observed pixels"
+        )
+    target = samples.vectors().mean(axis=0)
+    scores = {
+        zone: _scored(open_embeddings(request.field_path, zone, period=period).isel(time=0).embedding, target)
+        for zone in _zones(request.field_path, period)
+    }
+    return _write(
+        scores, request.out, request.threshold, request.polygons, f"similarity to {len(references)} references"
+    )
+
+
+def change_map(request: ChangeRequest) -> dict[str, Any]:
+    _check_outputs(request.out, request.polygons, request.overwrite)
+    _check_threshold(request.threshold, (0.0, 2.0), "change")
+    before = choose_period(request.field_path, request.before)
+    after = choose_period(request.field_path, request.after)
+    if before == after:
+        raise UserInputError(
+            f"--from and --to are the same period ({before.label}): change between a period and itself is 0; "
+            "give two different periods"
+        )
+    if (before.end - before.start) != (after.end - after.start) and not request.force:
+        raise UserInputError(
+            f"periods {before.label} and {after.label} differ in length: their embeddings summarise different "
+            "spans; pass --force to compare them anyway"
+        )
+    zones = [z for z in _zones(request.field_path, before) if after in store_periods(request.field_path, z)]
+    scores = {zone: _change(request.field_path, zone, before, after) for zone in zones}
+    return _write(scores, request.out, request.threshold, request.polygons, f"change {before.label} -> {after.label}")
+
+
+def _check_outputs(out: Path, polygons: Path | None, overwrite: bool) -> None:
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise UserInputError(f"--out {out}: end it with .tif (a COG)")
+    for path in (out, polygons):
+        if path is not None and path.exists() and not overwrite:
+            raise UserInputError(f"{path} exists: choose another path or pass --overwrite")
+
+
+def _check_threshold(threshold: float | None, bounds: tuple[float, float], what: str) -> None:
+    if threshold is not None and not bounds[0] <= threshold <= bounds[1]:
+        raise UserInputError(
+            f"--threshold {threshold} is outside [{bounds[0]:g}, {bounds[1]:g}], the range of {what} scores"
+        )
+
+
+def _zones(store: Path, period: Period) -> list[str]:
+    return [zone for zone in zones_in(store) if period in store_periods(store, zone)]
+
+
+def _scored(embedding: xr.DataArray, target: NDArray[np.float32]) -> xr.DataArray:
+    """The dot product of every vector with `target` (NaN stays NaN)."""
+    score: xr.DataArray = xr.dot(embedding, xr.DataArray(target, dims=["band"]), dim="band")
+    return score.astype(np.float32)
+
+
+def _change(store: Path, zone: str, before: Period, after: Period) -> xr.DataArray:
+    first = open_embeddings(store, zone, period=before).isel(time=0).embedding
+    second = open_embeddings(store, zone, period=after).isel(time=0).embedding
+    change: xr.DataArray = (1.0 - xr.dot(first, second, dim="band")).astype(np.float32)
+    return change
+
+
+def _write(
+    scores: dict[str, xr.DataArray], out: Path, threshold: float | None, polygons: Path | None, what: str
+) -> dict[str, Any]:
+    written: dict[str, Any] = {"maps": [], "polygons": None, "what": what}
+    areas = []
+    for zone, score in scores.items():
+        path = out if len(scores) == 1 else out.with_name(f"{out.stem}_{zone}{out.suffix}")
+        if path.exists():
+            path.unlink()
+        band = score.expand_dims(band=[1]).rio.write_nodata(np.nan)
+        write_cog(band, path, resampling="AVERAGE", descriptions=(what,), tags={"aef:map": what})
+        written["maps"].append(str(path))
+        if threshold is not None and polygons is not None:
+            areas.append(_polygons(path, threshold))
+    if polygons is not None and threshold is not None:
+        found = gpd.GeoDataFrame(pd.concat(areas, ignore_index=True), crs="EPSG:4326")
+        partial = polygons.with_name(f".{polygons.name}.partial")
+        found.to_file(partial, driver="GeoJSON")
+        partial.replace(polygons)
+        written["polygons"] = {"path": str(polygons), "count": len(found)}
+    return written
+
+
+def _polygons(path: Path, threshold: float) -> gpd.GeoDataFrame:
+    """Connected pixels scoring at least the threshold as polygons (pixel edges, 4-connected), each
+    with its mean score; read back from the written map, one zone at a time."""
+    with rasterio.open(path) as raster:
+        score = raster.read(1)
+        transform, crs = raster.transform, raster.crs
+    hits = np.nan_to_num(score, nan=-np.inf) >= threshold
+    outlines = [shape(g) for g, _ in shapes(hits.astype(np.uint8), mask=hits, transform=transform)]
+    if not outlines:
+        return gpd.GeoDataFrame({"score": [], "pixels": []}, geometry=[], crs=crs).to_crs("EPSG:4326")
+    # Each outline's own pixels, by burning its number back: the mean score of exactly those.
+    labels = rasterize(
+        ((outline, i + 1) for i, outline in enumerate(outlines)), out_shape=score.shape, transform=transform
+    )
+    pixels = np.bincount(labels.ravel(), minlength=len(outlines) + 1)[1:]
+    sums = np.bincount(labels.ravel(), weights=np.nan_to_num(score).ravel(), minlength=len(outlines) + 1)[1:]
+    frame = gpd.GeoDataFrame({"score": sums / pixels, "pixels": pixels}, geometry=outlines, crs=crs)
+    return frame.to_crs("EPSG:4326")
+
+
+def summary(written: dict[str, Any]) -> str:
+    lines = [f"wrote {', '.join(written['maps'])} ({written['what']})"]
+    if written["polygons"]:
+        lines.append(f"wrote {written['polygons']['count']} polygons to {written['polygons']['path']}")
+    return "\n".join(lines)
