@@ -35,7 +35,7 @@ def test_annual_field_flow_on_a_local_cluster(tmp_path: Path, earth_search_catal
         argv += ["--scheduler", cluster.scheduler_address, "--stac", stac, "--device", "cpu"]
         code = annual_field.main(argv)
     assert code == 0
-    ds = aef_pipeline.open_embeddings(flow_store)
+    ds = aef_pipeline.open_embeddings(flow_store, bbox=(15.057, 46.194, 15.073, 46.206))  # both squares
     observed = ds.observations.values > 0
     assert observed.sum() > 5_000
     assert np.allclose(np.linalg.norm(ds.embedding.values[observed], axis=-1), 1.0, atol=0.02)
