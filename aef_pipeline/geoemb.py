@@ -441,6 +441,8 @@ def apply_stac_embeddings(target: pystac.Collection | pystac.Item, fields: StacE
     target.extra_fields.update(fields.collection_fields)
     for key in ("emb:type", "emb:dimensions", "data_type"):
         target.summaries.add(key, [fields.collection_fields[key]])
+    for rel in {link["rel"] for link in fields.collection_links}:
+        target.remove_links(rel)  # applying twice replaces, not duplicates
     for link in fields.collection_links:
         target.add_link(
             pystac.Link(rel=link["rel"], target=link["href"], media_type=link.get("type"), title=link.get("title"))

@@ -310,7 +310,7 @@ def test_a_chip_needs_a_chip_layout() -> None:
         (
             "geoemb:chip_layout",
             {"layout_type": "regular_grid", "chip_size": [256]},
-            "chip_size: expected an array of 2",
+            "geoemb:chip_layout.chip_size: expected an array of 2 items, got [256] (array)",
         ),
         ("geoemb:dimension", 64, "geoemb:dimension: not a field of the geoemb: convention v1"),
     ],
@@ -432,7 +432,10 @@ def test_stac_collection_matches_the_extension(storage: str, trained: bool) -> N
     assert collection.keys() >= COLLECTION_REQUIRED
     assert check_fields(collection, COLLECTION_FIELDS) == []
     assert {link["rel"] for link in collection["links"]} >= COLLECTION_REQUIRED_RELS
-    assert all(isinstance(link["href"], str) for link in collection["links"])
+    emb_links = [link for link in collection["links"] if link["rel"].startswith("emb:")]
+    # As in examples/collection.json: rel, href, type and title, all strings.
+    assert all(kind(value) == "string" for link in emb_links for value in link.values())
+    assert all(link.keys() <= {"rel", "href", "type", "title"} for link in emb_links)
     assert collection["summaries"].keys() <= SUMMARY_FIELDS
     assert (collection["emb:type"], collection["emb:dimensions"], collection["data_type"]) == ("pixel", 64, storage)
     assert collection["emb:fit_for_use"] == list(FIT_FOR_USE_TRAINED if trained else ["pipeline_testing"])
@@ -476,9 +479,12 @@ def test_stac_links_survive_saving(tmp_path: Path) -> None:
 
 
 def test_stac_applying_twice_declares_the_extension_once() -> None:
-    _, item = stac_pair("int8", trained=True)
+    collection, item = stac_pair("int8", trained=True)
     fields = stac_embeddings_fields(
         model="tiny", model_weights=TRAINED, trained=True, storage="int8", dimensions=64, resolution_m=10
     )
     apply_stac_embeddings(item, fields)
+    apply_stac_embeddings(collection, fields)
     assert item.stac_extensions.count(STAC_EMBEDDINGS_EXTENSION) == 1
+    assert collection.stac_extensions.count(STAC_EMBEDDINGS_EXTENSION) == 1
+    assert [link.rel for link in collection.links if link.rel.startswith("emb:")] == ["emb:model", "emb:source-data"]

@@ -6,12 +6,14 @@ wide, with their own directions on the sphere, so what a map should show is know
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rioxarray
 import xarray as xr
@@ -279,3 +281,32 @@ def test_a_mosaic_puts_every_zone_on_one_grid(field: Path, tmp_path: Path) -> No
         x, y = Transformer.from_crs(4326, 32633, always_xy=True).transform(lon, lat)
         value = int(opened.isel(band=0).sel(x=x, y=y, method="nearest"))
         assert value == 1 + (col // STRIPE_PX) % 2, (row, col)
+
+
+def test_evaluate_reads_the_evaluation_suite_table_format(
+    field: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The paper's public suite: x, y (EPSG:4326), label, valid and support times in ms, split."""
+    points = _labels(30)
+    year_ms = [int(dt.datetime(y, 1, 1, tzinfo=dt.UTC).timestamp() * 1000) for y in (2022, 2023, 2024)]
+    table = pd.DataFrame(
+        {
+            "x": points.geometry.x,
+            "y": points.geometry.y,
+            "label": points["cover"],
+            "valid_time_start_ms": year_ms[0],
+            "valid_time_end_ms": year_ms[1],
+            "support_time_start_ms": year_ms[0],
+            "support_time_end_ms": year_ms[1],
+            "split": np.where(points["tile"] == str(TILES[1]), "test", "train"),
+        }
+    )
+    table.loc[:4, ["valid_time_start_ms", "valid_time_end_ms"]] = year_ms[1:]  # 5 rows of 2023: left out
+    table.to_csv(tmp_path / "suite.csv", index=False)
+    json_path = tmp_path / "eval.json"
+    argv = ["evaluate", "--points", str(tmp_path / "suite.csv"), "--fields", str(field), "--json", str(json_path)]
+    assert main(argv) == 0
+    report = json.loads(json_path.read_text())
+    assert report["left_out_outside_period"] == 5
+    assert report["points"] == len(table) - 5
+    assert "3-NN" in capsys.readouterr().out
