@@ -49,7 +49,7 @@ PROJ_CONVENTION: Mapping[str, str] = {"uuid": "f17cb550-5864-4468-aeb7-f3180cfb6
 SPATIAL_CONVENTION: Mapping[str, str] = {"uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4", "name": "spatial:"}
 
 STORAGES = ("int8", "float16", "float32")
-NODATA_INT8 = -128
+NODATA_INT8 = -128  # store.NODATA_INT8, repeated to keep this module free of the store (a test checks)
 DEFAULT_SOURCE_DATA = ("https://earth-search.aws.element84.com/v1/collections/sentinel-2-c1-l2a",)
 """search.py's default catalog and collection; pass the collection URLs a run actually searched."""
 # Not a registered model URL (we have none to give): a URN, which is a URI as the convention asks,

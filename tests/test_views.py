@@ -173,3 +173,21 @@ def test_change_between_periods_of_different_lengths_needs_force(
     argv = ["change", str(path), "--from", "2022", "--to", "2023-01-01/2023-07-01", "--out", str(tmp_path / "c.tif")]
     assert main(argv) == 2
     assert "periods 2022 and 2023-01-01_2023-07-01 differ in length" in capsys.readouterr().err
+
+
+def test_the_aef_accessor_matches_the_commands(two_years: Path) -> None:
+    import aef_pipeline
+    import aef_pipeline.views
+
+    first = aef_pipeline.open_embeddings(two_years, period="2022").isel(time=0, y=slice(0, WINDOW), x=slice(0, WINDOW))
+    second = aef_pipeline.open_embeddings(two_years, period="2023").isel(time=0, y=slice(0, WINDOW), x=slice(0, WINDOW))
+    rgba = first.aef.pca_rgb()
+    assert rgba.shape == (WINDOW, WINDOW, 4)
+    assert (rgba.values[:16, :16, 3] == 0).all()
+    assert (rgba.values[16:, 16:, 3] == 255).all()
+    reference = first.embedding.values[100, 40]
+    score = first.aef.similarity(reference).values
+    assert abs(score[100, 40] - float(reference @ reference)) < 1e-6
+    moved = first.aef.change(second).values
+    assert np.nanmax(np.abs(moved[16:192, 16:])) < 0.03
+    assert np.nanmean(moved[192:, 16:]) > 0.5

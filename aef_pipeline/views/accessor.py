@@ -1,0 +1,71 @@
+"""`ds.aef`: the views on any field Dataset that `open_embeddings` returns (float32 unit vectors,
+NaN nodata, dims time?, y, x, band).
+
+    import aef_pipeline.views  # registers the accessor
+    ds = aef_pipeline.open_embeddings("field.zarr", bbox=(15.0, 46.1, 15.1, 46.2), period="2022").isel(time=0)
+    rgba = ds.aef.pca_rgb()                      # (y, x, 4) uint8: a PCA fitted on this Dataset's vectors
+    score = ds.aef.similarity(reference_vectors)  # mean dot product with the references
+    moved = ds.aef.change(other_period)           # 1 - dot product, per pixel
+
+These work on what is in memory or lazy in the Dataset; the `quicklook`, `similarity` and
+`change` commands do the same over whole stores, zone by zone, with one colour scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from numpy.typing import ArrayLike
+from sklearn.decomposition import PCA
+
+from aef_pipeline.errors import UserInputError
+
+SAMPLE = 20_000
+STRETCH = (2.0, 98.0)
+
+
+@xr.register_dataset_accessor("aef")  # type: ignore[no-untyped-call]
+class FieldViews:
+    def __init__(self, ds: xr.Dataset) -> None:
+        if "embedding" not in ds or "band" not in ds.embedding.dims:
+            raise UserInputError("ds.aef needs a field Dataset with `embedding` (..., band): use open_embeddings")
+        self._embedding = ds.embedding
+
+    def pca_rgb(self, *, seed: int = 0) -> xr.DataArray:
+        """(y, x, rgba) uint8: three principal components of this Dataset's valid vectors, each
+        stretched by its 2nd-98th percentile; alpha 0 where there is no vector."""
+        vectors = self._embedding.transpose(..., "band").values
+        flat = vectors.reshape(-1, vectors.shape[-1])
+        valid = np.isfinite(flat).all(axis=1)
+        if valid.sum() < 3:
+            raise UserInputError("fewer than 3 valid vectors: nothing to picture")
+        rng = np.random.default_rng(seed)
+        rows = np.flatnonzero(valid)
+        sample = flat[rng.choice(rows, size=min(SAMPLE, len(rows)), replace=False)]
+        pca = PCA(n_components=3, random_state=seed).fit(sample)
+        projected = pca.transform(sample)
+        low, high = np.percentile(projected, STRETCH[0], axis=0), np.percentile(projected, STRETCH[1], axis=0)
+        rgba = np.zeros((len(flat), 4), np.uint8)
+        scaled = np.clip((pca.transform(flat[valid]) - low) / np.where(high > low, high - low, 1.0), 0, 1)
+        rgba[valid, :3] = np.round(scaled * 255).astype(np.uint8)
+        rgba[valid, 3] = 255
+        dims = [d for d in self._embedding.dims if d != "band"]
+        coords = {d: self._embedding[d] for d in dims if d in self._embedding.coords}
+        picture = rgba.reshape(*vectors.shape[:-1], 4)
+        variance = [float(v) for v in pca.explained_variance_ratio_]
+        return xr.DataArray(picture, dims=[*dims, "rgba"], coords=coords, attrs={"explained_variance": variance})
+
+    def similarity(self, references: ArrayLike) -> xr.DataArray:
+        """The mean dot product of every vector with `references` ((n, 64) or (64,)): NaN stays NaN."""
+        target = np.atleast_2d(np.asarray(references, dtype=np.float32)).mean(axis=0)
+        if target.shape[0] != self._embedding.sizes["band"]:
+            dims = self._embedding.sizes["band"]
+            raise UserInputError(f"references have {target.shape[0]} dimensions, the field {dims}: give field vectors")
+        score: xr.DataArray = xr.dot(self._embedding, xr.DataArray(target, dims=["band"]), dim="band")
+        return score
+
+    def change(self, other: xr.Dataset | xr.DataArray) -> xr.DataArray:
+        """1 - the dot product with `other` (the same pixels in another period), NaN where either lacks data."""
+        second = other.embedding if isinstance(other, xr.Dataset) else other
+        moved: xr.DataArray = 1.0 - xr.dot(self._embedding, second, dim="band")
+        return moved
