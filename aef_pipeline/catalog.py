@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pystac
 from pystac.extensions.projection import ProjectionExtension
 
 from aef_pipeline import __version__
+from aef_pipeline.geoemb import StacEmbeddings, apply_stac_embeddings, stac_embeddings_fields
 from aef_pipeline.store import (
     BANDS,
     group_geobox,
@@ -63,7 +65,25 @@ def stac_collection(store: Path) -> pystac.Collection:
         extra_fields={"aef:software": f"aef-pipeline {__version__}"},
     )
     collection.add_items(items)
+    zones = zones_in(store)
+    if zones:  # the embeddings STAC extension, on the Collection and each Item (docs/metadata.md)
+        embeddings = _embeddings_fields(zone_attrs(store, zones[0]) or {})
+        apply_stac_embeddings(collection, embeddings)
+        for item in items:
+            apply_stac_embeddings(item, embeddings)
     return collection
+
+
+def _embeddings_fields(attrs: dict[str, Any]) -> StacEmbeddings:
+    return stac_embeddings_fields(
+        model=attrs["aef:model"],
+        model_weights=attrs["aef:model_weights"],
+        trained=bool(attrs.get("aef:trained")),
+        storage=attrs["aef:storage"],
+        dimensions=len(BANDS),
+        resolution_m=attrs["aef:resolution_m"],
+        **({"source_data": attrs["geoemb:source_data"]} if attrs.get("geoemb:source_data") else {}),
+    )
 
 
 def stac_dir(store: Path) -> Path:

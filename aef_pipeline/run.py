@@ -122,7 +122,15 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
 
 def layout(request: RunRequest, spec: ModelSpec) -> StoreLayout:
     """What the store records of the model and encoding (from the spec: no model is built)."""
-    return StoreLayout(spec.name, provenance_of(spec).description, request.storage)
+    return StoreLayout(spec.name, provenance_of(spec).description, request.storage, source_data=sources(request))
+
+
+def sources(request: RunRequest) -> tuple[str, ...]:
+    """URIs of the STAC collections a run reads: an API's collections, or a static catalog's file."""
+    url = request.catalog.url
+    if url.startswith(("http://", "https://")):
+        return tuple(f"{url.rstrip('/')}/collections/{c}" for c in request.catalog.collections)
+    return (Path(url).resolve().as_uri(),)
 
 
 def fixed_threads(request: RunRequest, cores: int) -> RunRequest:

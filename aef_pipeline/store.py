@@ -42,6 +42,7 @@ from odc.geo.xr import xr_coords
 
 from aef_pipeline import __version__
 from aef_pipeline.errors import UserInputError
+from aef_pipeline.geoemb import geoemb_attributes
 from aef_pipeline.grid import (
     DENSIFY_DEGREES,
     EMBEDDING_DIM,
@@ -78,6 +79,9 @@ class StoreLayout:
     """"int8" (AlphaEarth quantisation, 64 B/px), "float16" or "float32"."""
     resolution_m: int = RESOLUTION_M
     tile_pixels: int = TILE_PIXELS
+    source_data: tuple[str, ...] = ()
+    """STAC collections the vectors come from (for `geoemb:source_data`; not part of compatibility:
+    runs over another mirror of the same data may add to a store). Empty: Earth Search's."""
 
     def __post_init__(self) -> None:
         if self.storage not in ("int8", "float16", "float32"):
@@ -625,8 +629,22 @@ def zone_encoding(layout: StoreLayout, zone: str, extent: Mapping[str, int] | No
 
 
 def _zone_metadata(zone: str, layout: StoreLayout, extent: Mapping[str, int]) -> dict[str, Any]:
+    """Ours (`aef:`), with the community's embeddings Zarr convention (`geoemb:`, docs/metadata.md)
+    under it, so that tools written for other embedding products read the group."""
     epsg = utm_epsg(int(zone[:-1]), zone[-1])
-    return {
+    standard = geoemb_attributes(
+        model=layout.model,
+        model_weights=layout.model_weights,
+        trained=not layout.model_weights.startswith("untrained"),
+        storage=layout.storage,
+        dimensions=EMBEDDING_DIM,
+        zone=zone,
+        epsg=epsg,
+        resolution_m=layout.resolution_m,
+        tile_pixels=layout.tile_pixels,
+        **({"source_data": layout.source_data} if layout.source_data else {}),
+    )
+    return standard | {
         "title": f"AlphaEarth-style embedding field, UTM zone {zone}",
         "aef:layout": ZONE_WIDE,
         "aef:model": layout.model,

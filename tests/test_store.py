@@ -346,3 +346,22 @@ def test_stac_catalog_of_a_relative_store_path_stays_beside_it(tmp_path: Path, m
     write_stac(Path("field.zarr"))
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["field.stac", "field.zarr"]
     assert (tmp_path / "work" / "field.stac" / "collection.json").is_file()
+
+
+def test_zone_groups_and_stac_carry_the_embeddings_conventions(tmp_path: Path) -> None:
+    from aef_pipeline.geoemb import validate_geoemb
+
+    path = tmp_path / "field.zarr"
+    create_store(path, TILES[:1], [Period.year(2022)], LAYOUT)
+    write_tile(path, TILES[0], Period.year(2022), _window(TILES[0], 1), RECORD)
+    finalize(path)
+    attrs = zone_attrs(path, "33N") or {}
+    assert validate_geoemb(attrs) == []
+    assert attrs["geoemb:dimensions"] == 64
+    assert attrs["geoemb:quantization"]["method"] == "sign_square"  # not "linear": the int8 trap
+    assert "UNTRAINED" in attrs["aef:notice"]
+    collection = pystac.Collection.from_file(str(write_stac(path)))
+    assert any("embeddings" in uri for uri in collection.stac_extensions)
+    (item,) = collection.get_items()
+    assert any("embeddings" in uri for uri in item.stac_extensions)
+    assert verify_store(path).ok
