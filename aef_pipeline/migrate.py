@@ -91,7 +91,10 @@ def _move_chunks(source: Path, target: Path, shift: tuple[int, int]) -> None:
     for chunk in source.rglob("*"):
         if not chunk.is_file():
             continue
-        index, row, col, *rest = chunk.relative_to(source).parts
+        parts = chunk.relative_to(source).parts
+        if not all(part.isdigit() for part in parts):  # a write cut off: not part of the group
+            continue
+        index, row, col, *rest = parts
         moved = target.joinpath(index, str(int(row) + shift[0]), str(int(col) + shift[1]), *rest)
         moved.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -108,6 +108,15 @@ def parse_periods(years: str | None, periods: list[str]) -> tuple[Period, ...]:
     return tuple(sorted(set(found)))
 
 
+def period_from_text(text: str) -> Period:
+    """A period as users and stores name it: a year ("2025", any year), a label
+    ("2021-03-01_2021-06-01") or START/END ("2021-03-01/2021-06-01")."""
+    text = text.strip()
+    if text.isdigit() and len(text) == 4:
+        return Period.year(int(text))
+    return parse_periods(None, [text.replace("_", "/") if "/" not in text else text])[0]
+
+
 def _utc_date(text: str) -> dt.datetime:
     when = dt.datetime.fromisoformat(text.strip())
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)

@@ -54,7 +54,7 @@ from aef_pipeline.grid import (
     zone_parts,
     zone_tile_extent,
 )
-from aef_pipeline.plan import Period
+from aef_pipeline.plan import Period, period_from_text
 
 NODATA_INT8 = -128
 BANDS = tuple(f"A{i:02d}" for i in range(EMBEDDING_DIM))
@@ -116,6 +116,9 @@ def create_store(
     if overwrite and path.exists():
         shutil.rmtree(path)
     _check_writable(path)
+    if path.with_name(path.name + ".migrating").exists():
+        raise UserInputError(f"a migration of {path} was interrupted: run `aef-pipeline migrate {path}` to finish it")
+    _check_disjoint(periods)
     zones = _by_zone(tiles)
     for zone in zones:
         existing = zone_attrs(path, zone)
@@ -408,8 +411,9 @@ def tiles_region(tiles: Sequence[TileId], extent: Mapping[str, int]) -> tuple[sl
 
 def _time_index(root: Path, zone: str, period: Period | str) -> int:
     periods = store_periods(root, zone)
+    wanted = period if isinstance(period, Period) else period_from_text(period)
     for index, stored in enumerate(periods):
-        if stored == period or stored.label == period:
+        if stored == wanted:
             return index
     label = period.label if isinstance(period, Period) else period
     raise UserInputError(
@@ -470,7 +474,10 @@ def written_tiles(path: Path, zone: str) -> dict[int, list[TileId]]:
     if attrs is None or not folder.is_dir():
         return found
     for chunk in sorted(folder.glob("*/*/*")):
-        index, row, col = (int(part) for part in chunk.relative_to(folder).parts)
+        parts = chunk.relative_to(folder).parts
+        if not all(part.isdigit() for part in parts):  # zarr's `<key>.<uuid>.partial` of a write cut off
+            continue
+        index, row, col = (int(part) for part in parts)
         found.setdefault(index, []).append(_tile_at(zone, attrs["aef:tiles"], row, col))
     return found
 
@@ -486,6 +493,30 @@ def planned_tiles(path: Path, zone: str) -> dict[int, list[TileId]]:
         for index, plane in enumerate(marks)
         if plane.any()
     }
+
+
+def written_areas(store: Path, zone: str, period: Period) -> list[tuple[int, int, int, int]]:
+    """(row0, row1, col0, col1) in the group's pixels of every area the period's records list (a
+    record without `areas`, from before they were kept, counts as its whole tile)."""
+    index = store_periods(store, zone).index(period)
+    extent = (zone_attrs(store, zone) or {})["aef:tiles"]
+    found = []
+    for tile in written_tiles(store, zone).get(index, []):
+        rows, cols = tile_region(tile, extent)
+        whole = [[0, TILE_PIXELS, 0, TILE_PIXELS]]
+        for r0, r1, c0, c1 in read_record(store, tile, period).get("areas", whole):
+            found.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.start + c1))
+    return found
+
+
+def written_part(field: xr.Dataset, store: Path, zone: str, period: Period) -> xr.Dataset:
+    """The field cut to the rectangle of the areas its records say were written (a small run
+    writes a window of a tile; the rest of the tile is nodata and would only shrink the picture)."""
+    affine = group_geobox(zone_attrs(store, zone) or {}).affine
+    areas = written_areas(store, zone, period)
+    top, bottom = affine.f + min(a[0] for a in areas) * affine.e, affine.f + max(a[1] for a in areas) * affine.e
+    left, right = affine.c + min(a[2] for a in areas) * affine.a, affine.c + max(a[3] for a in areas) * affine.a
+    return field.sel(x=slice(left, right), y=slice(top, bottom))
 
 
 def tiles_footprint(tiles: Sequence[TileId]) -> Geometry:
@@ -715,6 +746,16 @@ def _check_compatible(path: Path, zone: str, attrs: Mapping[str, Any], layout: S
                 f"{path} was made with {key.removeprefix('aef:')} {attrs.get(key)!r}, this run uses {expected[key]!r}: "
                 "write to a new path or pass --overwrite"
             )
+
+
+def _check_disjoint(periods: Sequence[Period]) -> None:
+    for i, first in enumerate(periods):
+        for second in periods[i + 1 :]:
+            if first != second and first.start < second.end and second.start < first.end:
+                raise UserInputError(
+                    f"periods {first.label} and {second.label} overlap: a store's periods must be equal or "
+                    "disjoint; ask for them in two stores"
+                )
 
 
 def _check_periods(path: Path, zone: str, periods: Sequence[Period]) -> None:

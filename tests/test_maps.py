@@ -201,6 +201,7 @@ BAD = [
     (["--labels", "{tmp}/far.geojson", "--property", "cover"], "none of the 3 points of"),
     (["--labels", "{tmp}/metres.csv", "--property", "cover"], "not lon/lat in the CRS declared: pass --points-crs"),
     (["--labels", "{tmp}/broken.gpkg", "--property", "cover"], "cannot read points from"),
+    (["--labels", "{tmp}/unlabelled.geojson", "--property", "cover"], "labelled points have no 'cover'"),
 ]
 
 
@@ -216,6 +217,9 @@ def test_bad_map_input(
     )
     (tmp_path / "metres.csv").write_text("x,y,cover\n505000,5117000,meadow\n506000,5118000,orchard\n")
     (tmp_path / "broken.gpkg").write_bytes(b"not a geopackage")
+    unlabelled = _labels(12)
+    unlabelled.loc[3, "cover"] = None  # must not become a class "None"
+    unlabelled.to_file(tmp_path / "unlabelled.geojson")
     (tmp_path / "exists.tif").write_bytes(b"mine")
     argv = ["classify", str(field), "--labels", str(labels), "--out", str(tmp_path / "map.tif")]
     argv += [arg.format(tmp=tmp_path) for arg in extra]
@@ -310,3 +314,12 @@ def test_evaluate_reads_the_evaluation_suite_table_format(
     assert report["left_out_outside_period"] == 5
     assert report["points"] == len(table) - 5
     assert "3-NN" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_rows_without_a_label(field: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    points = _labels(12)
+    points["label"] = points["cover"].astype(object)
+    points.loc[2, "label"] = None  # a blank cell of a CSV: not a class, and not a crash in np.unique
+    points.to_file(tmp_path / "points.geojson")
+    assert main(["evaluate", "--points", str(tmp_path / "points.geojson"), "--fields", str(field)]) == 2
+    assert "1 rows have no 'label' (e.g. row 2): drop or label them" in capsys.readouterr().err

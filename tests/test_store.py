@@ -365,3 +365,16 @@ def test_zone_groups_and_stac_carry_the_embeddings_conventions(tmp_path: Path) -
     (item,) = collection.get_items()
     assert any("embeddings" in uri for uri in item.stac_extensions)
     assert verify_store(path).ok
+
+
+def test_a_write_cut_off_leaves_no_phantom_record_and_overlapping_requests_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "field.zarr"
+    create_store(path, TILES[:1], [Period.year(2022)], LAYOUT)
+    write_tile(path, TILES[0], Period.year(2022), _window(TILES[0], 1), RECORD)
+    partial = next((path / "33N" / "tile_record" / "c").glob("*/*/*"))
+    partial.with_name(partial.name + ".0123abcd.partial").write_text("cut off")  # zarr's temporary name
+    assert written_tiles(path, "33N") == {0: [TILES[0]]}
+    spring = Period(dt.datetime(2022, 3, 1, tzinfo=dt.UTC), dt.datetime(2022, 9, 1, tzinfo=dt.UTC))
+    with pytest.raises(UserInputError, match="periods 2022 and 2022-03-01_2022-09-01 overlap"):
+        create_store(tmp_path / "other.zarr", TILES[:1], [Period.year(2022), spring], LAYOUT)
+    assert not (tmp_path / "other.zarr").exists()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from numpy.typing import NDArray
 from odc.geo import CRS
@@ -41,7 +42,16 @@ from aef_pipeline.grid import RESOLUTION_M, utm_epsg
 from aef_pipeline.maps.points import read_points
 from aef_pipeline.maps.raster import write_cog
 from aef_pipeline.maps.sample import Samples, sample_field
-from aef_pipeline.store import NODATA_INT8, dequantise, finalize, open_embeddings, store_periods, zone_attrs, zones_in
+from aef_pipeline.store import (
+    NODATA_INT8,
+    dequantise,
+    finalize,
+    open_embeddings,
+    store_periods,
+    written_part,
+    zone_attrs,
+    zones_in,
+)
 
 METHODS = ("knn", "linear", "forest")
 BLOCK_M = 1280.0  # cross-validation blocks: the paper keeps training points 1.28 km apart
@@ -94,6 +104,7 @@ def make_map(request: MapRequest) -> dict[str, Any]:
             f"none of the {len(points)} points of {request.labels} lies on a written pixel of {request.field_path} "
             f"for {samples.period.label} (e.g. {samples.missing[0]['reason']}): label points inside the field"
         )
+    _check_labelled(samples.table[request.property], request)
     target = _target(samples.table[request.property].to_numpy(), request)
     features, groups = samples.vectors(), _blocks(samples)
     _check_labels(target, groups, request)
@@ -128,6 +139,16 @@ def _check_request(request: MapRequest) -> None:
 
 def _outputs_exist(out: Path) -> bool:
     return out.exists() or any(out.parent.glob(f"{out.stem}_??[NS]{out.suffix}"))
+
+
+def _check_labelled(values: Any, request: MapRequest) -> None:
+    """Empty labels must not become a class of their own ("nan") or turn integer classes into text."""
+    empty = np.flatnonzero(pd.isna(values).to_numpy() | (values.astype(str).str.strip() == "").to_numpy())
+    if empty.size:
+        raise UserInputError(
+            f"{request.labels}: {empty.size} labelled points have no {request.property!r} "
+            f"(e.g. row {values.index[empty[0]]}): drop or label them"
+        )
 
 
 def _target(raw: NDArray[Any], request: MapRequest) -> Target:
@@ -330,7 +351,10 @@ def predict_map(
     chunk by chunk (640 px squares, as open_embeddings chunks the field), NaN where the field
     has no vector. The field is read as stored and only valid vectors are de-quantised, so the
     empty parts of the area cost a comparison, not a prediction."""
-    field_ds = open_embeddings(store, zone, period=period, as_stored=True).isel(time=0)
+    # The rectangle of what the period's records wrote, not of every tile ever planned in the zone.
+    field_ds = written_part(
+        open_embeddings(store, zone, period=period, as_stored=True).isel(time=0), store, zone, period
+    )
     storage = field_ds.attrs["aef:storage"]
     embedding = field_ds.embedding.transpose("y", "x", "band")
     predicted = xr.apply_ufunc(

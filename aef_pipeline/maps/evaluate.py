@@ -21,6 +21,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 from numpy.typing import NDArray
 from pyproj import Transformer
 
@@ -75,7 +76,8 @@ def evaluate(request: EvaluationRequest) -> tuple[list[ProtocolResult], dict[str
     if request.baseline_stac:
         features.update(_baseline(points, period, request.baseline_stac))
     task: Task = "regression" if request.regress else "classification"
-    results = run_protocol(features, points[column].to_numpy(), train, task, settings)
+    labels = points[column].to_numpy(np.float64) if request.regress else points[column].to_numpy()
+    results = run_protocol(features, labels, train, task, settings)
     report = {
         "period": period.label,
         "points": len(points),
@@ -104,6 +106,11 @@ def _label_column(points: gpd.GeoDataFrame, request: EvaluationRequest) -> str:
     if column not in points.columns:
         names = ", ".join(c for c in points.columns if c != points.geometry.name)
         raise UserInputError(f"{request.points} has no column {column!r}; it has {names}: pass --property")
+    empty = np.flatnonzero(pd.isna(points[column]).to_numpy() | (points[column].astype(str).str.strip() == ""))
+    if empty.size:
+        raise UserInputError(
+            f"{request.points}: {empty.size} rows have no {column!r} (e.g. row {empty[0]}): drop or label them"
+        )
     if request.regress:
         try:
             points[column].to_numpy().astype(np.float64)

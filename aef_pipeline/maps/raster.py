@@ -28,6 +28,12 @@ def write_cog(
             raster.descriptions = tuple(descriptions)
             raster.update_tags(**tags)
         rasterio.shutil.copy(
-            tiled, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, OVERVIEW_RESAMPLING=resampling
+            tiled,
+            partial,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            BLOCKSIZE=512,
+            OVERVIEW_RESAMPLING=resampling,
+            BIGTIFF="IF_SAFER",  # compressed maps over 4 GB would otherwise fail at the very end
         )
         partial.replace(out)

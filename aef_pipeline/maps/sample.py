@@ -29,7 +29,7 @@ from shapely.geometry.base import BaseGeometry
 
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TILE_PIXELS, utm_zone
-from aef_pipeline.plan import Period, parse_periods
+from aef_pipeline.plan import Period, period_from_text
 from aef_pipeline.store import (
     BANDS,
     CHUNK_PX,
@@ -116,16 +116,10 @@ def choose_period(store: Path, period: Period | str | None) -> Period:
         if len(held) > 1:
             raise UserInputError(f"{store} holds periods {labels}: pass --period one of them")
         return held[0]
-    wanted = period if isinstance(period, Period) else _parse_period(period)
+    wanted = period if isinstance(period, Period) else period_from_text(period)
     if wanted not in held:
         raise UserInputError(f"{store} holds no period {wanted.label}; it holds {labels}: pass one of them")
     return wanted
-
-
-def _parse_period(text: str) -> Period:
-    if "/" in text:
-        return parse_periods(None, [text])[0]
-    return parse_periods(text, [])[0] if text.isdigit() else parse_periods(None, [text])[0]
 
 
 def _zone_key(lon: float, lat: float) -> str:

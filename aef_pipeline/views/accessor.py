@@ -66,6 +66,20 @@ class FieldViews:
 
     def change(self, other: xr.Dataset | xr.DataArray) -> xr.DataArray:
         """1 - the dot product with `other` (the same pixels in another period), NaN where either lacks data."""
-        second = other.embedding if isinstance(other, xr.Dataset) else other
-        moved: xr.DataArray = 1.0 - xr.dot(self._embedding, second, dim="band")
+        first = _one_period(self._embedding)
+        second = _one_period(other.embedding if isinstance(other, xr.Dataset) else other)
+        try:
+            first, second = xr.align(first, second, join="exact")
+        except ValueError:
+            raise UserInputError("the two fields cover different pixels: open both with the same bbox") from None
+        moved: xr.DataArray = 1.0 - xr.dot(first, second, dim="band")
         return moved
+
+
+def _one_period(embedding: xr.DataArray) -> xr.DataArray:
+    """The field without its time axis (two periods must meet pixel by pixel, not by date)."""
+    if "time" not in embedding.dims:
+        return embedding.drop_vars("time", errors="ignore")
+    if embedding.sizes["time"] != 1:
+        raise UserInputError("change compares one period with another: select one with .isel(time=...)")
+    return embedding.isel(time=0).drop_vars(["time", "time_end"], errors="ignore")

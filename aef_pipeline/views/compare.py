@@ -32,7 +32,7 @@ from aef_pipeline.maps.points import read_points
 from aef_pipeline.maps.raster import write_cog
 from aef_pipeline.maps.sample import choose_period, sample_field
 from aef_pipeline.plan import Period
-from aef_pipeline.store import open_embeddings, store_periods, zones_in
+from aef_pipeline.store import open_embeddings, store_periods, written_part, zones_in
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def similarity_map(request: SimilarityRequest) -> dict[str, Any]:
         )
     target = samples.vectors().mean(axis=0)
     scores = {
-        zone: _scored(open_embeddings(request.field_path, zone, period=period).isel(time=0).embedding, target)
+        zone: _scored(_field(request.field_path, zone, period).embedding, target)
         for zone in _zones(request.field_path, period)
     }
     return _write(
@@ -92,7 +92,7 @@ def change_map(request: ChangeRequest) -> dict[str, Any]:
             f"--from and --to are the same period ({before.label}): change between a period and itself is 0; "
             "give two different periods"
         )
-    if (before.end - before.start) != (after.end - after.start) and not request.force:
+    if not _comparable(before, after) and not request.force:
         raise UserInputError(
             f"periods {before.label} and {after.label} differ in length: their embeddings summarise different "
             "spans; pass --force to compare them anyway"
@@ -102,10 +102,19 @@ def change_map(request: ChangeRequest) -> dict[str, Any]:
     return _write(scores, request.out, request.threshold, request.polygons, f"change {before.label} -> {after.label}")
 
 
+def _comparable(before: Period, after: Period) -> bool:
+    """Two calendar years (365 or 366 days), or two periods of the same length."""
+    years = before == Period.year(before.start.year) and after == Period.year(after.start.year)
+    return years or (before.end - before.start) == (after.end - after.start)
+
+
 def _check_outputs(out: Path, polygons: Path | None, overwrite: bool) -> None:
     if out.suffix.lower() not in (".tif", ".tiff"):
         raise UserInputError(f"--out {out}: end it with .tif (a COG)")
-    for path in (out, polygons):
+    if not out.parent.is_dir():
+        raise UserInputError(f"{out.parent} does not exist: create it or choose another --out")
+    per_zone = list(out.parent.glob(f"{out.stem}_??[NS]{out.suffix}"))
+    for path in (out, polygons, *per_zone):
         if path is not None and path.exists() and not overwrite:
             raise UserInputError(f"{path} exists: choose another path or pass --overwrite")
 
@@ -127,9 +136,15 @@ def _scored(embedding: xr.DataArray, target: NDArray[np.float32]) -> xr.DataArra
     return score.astype(np.float32)
 
 
+def _field(store: Path, zone: str, period: Period) -> xr.Dataset:
+    """The period's field, cut to the rectangle its records wrote."""
+    return written_part(open_embeddings(store, zone, period=period).isel(time=0), store, zone, period)
+
+
 def _change(store: Path, zone: str, before: Period, after: Period) -> xr.DataArray:
-    first = open_embeddings(store, zone, period=before).isel(time=0).embedding
-    second = open_embeddings(store, zone, period=after).isel(time=0).embedding
+    first = _field(store, zone, before).embedding
+    second = _field(store, zone, after).embedding
+    first, second = xr.align(first, second, join="outer")  # the union of both periods' areas
     change: xr.DataArray = (1.0 - xr.dot(first, second, dim="band")).astype(np.float32)
     return change
 

@@ -26,7 +26,6 @@ from PIL.PngImagePlugin import PngInfo
 from sklearn.decomposition import PCA
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import TILE_PIXELS
 from aef_pipeline.maps.classify import mosaic
 from aef_pipeline.maps.sample import choose_period
 from aef_pipeline.plan import Period
@@ -36,10 +35,9 @@ from aef_pipeline.store import (
     READ_CHUNK_PX,
     dequantise,
     open_embeddings,
-    read_record,
     store_periods,
-    tile_region,
-    written_tiles,
+    written_areas,
+    written_part,
     zone_attrs,
     zones_in,
 )
@@ -65,13 +63,13 @@ def quicklook(store: Path, period: Period | str | None = None, *, max_size: int 
     if max_size < 16:
         raise UserInputError(f"--max-size {max_size} is below 16 px: ask for a larger picture")
     chosen = choose_period(store, period)
-    zones = [z for z in zones_in(store) if chosen in store_periods(store, z) and _tiles(store, z, chosen)]
+    zones = [z for z in zones_in(store) if chosen in store_periods(store, z) and written_areas(store, z, chosen)]
     if not zones:
         raise UserInputError(f"{store} has no finished tile for {chosen.label}: run `aef-pipeline run` first")
     sample = _sample(store, zones, chosen, seed)
     pca = PCA(n_components=3, random_state=seed).fit(sample)
     low, high = _stretch(pca, sample)
-    fields = {z: _written_part(open_embeddings(store, z, period=chosen).isel(time=0), store, z, chosen) for z in zones}
+    fields = {z: written_part(open_embeddings(store, z, period=chosen).isel(time=0), store, z, chosen) for z in zones}
     block = _block_px(_extent_px(list(fields.values())), max_size)
     pictures = [_components(ds, pca, block) for ds in fields.values()]
     picture = pictures[0] if len(pictures) == 1 else mosaic(pictures, str(pictures[0].rio.crs), _resolution(block))
@@ -100,37 +98,18 @@ def save_png(look: Quicklook, out: Path) -> None:
     partial.replace(out)
 
 
-def _tiles(store: Path, zone: str, period: Period) -> list[tuple[slice, slice]]:
-    index = store_periods(store, zone).index(period)
-    extent = (zone_attrs(store, zone) or {})["aef:tiles"]
-    return [tile_region(tile, extent) for tile in written_tiles(store, zone).get(index, [])]
-
-
-def _written_part(field: xr.Dataset, store: Path, zone: str, period: Period) -> xr.Dataset:
-    """The field cut to the rectangle of the areas its records say were written (a small run
-    writes a window of a tile; the rest of the tile is nodata and would only shrink the picture)."""
-    boxes = []
-    index = store_periods(store, zone).index(period)
-    for tile in written_tiles(store, zone).get(index, []):
-        affine = tile.geobox.affine
-        for r0, r1, c0, c1 in read_record(store, tile, period).get("areas", []):
-            boxes.append(
-                (affine.c + c0 * affine.a, affine.f + r1 * affine.e, affine.c + c1 * affine.a, affine.f + r0 * affine.e)
-            )
-    left, bottom = min(b[0] for b in boxes), min(b[1] for b in boxes)
-    right, top = max(b[2] for b in boxes), max(b[3] for b in boxes)
-    return field.sel(x=slice(left, right), y=slice(top, bottom))
-
-
 def _sample(store: Path, zones: list[str], period: Period, seed: int) -> NDArray[np.float32]:
-    """Valid vectors from up to SAMPLE_CHUNKS stored chunks drawn across every written tile."""
-    candidates = [
-        (zone, rows.start + r, cols.start + c)
-        for zone in zones
-        for rows, cols in _tiles(store, zone, period)
-        for r in range(0, TILE_PIXELS, CHUNK_PX)
-        for c in range(0, TILE_PIXELS, CHUNK_PX)
-    ]
+    """Valid vectors from up to SAMPLE_CHUNKS stored chunks drawn from the written areas of every
+    tile and zone (chunks of a tile that no run computed hold nothing to sample)."""
+    candidates = sorted(
+        {
+            (zone, r, c)
+            for zone in zones
+            for r0, r1, c0, c1 in written_areas(store, zone, period)
+            for r in range(r0 // CHUNK_PX * CHUNK_PX, r1, CHUNK_PX)
+            for c in range(c0 // CHUNK_PX * CHUNK_PX, c1, CHUNK_PX)
+        }
+    )
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(candidates), size=min(SAMPLE_CHUNKS, len(candidates)), replace=False)
     vectors = []
@@ -180,8 +159,15 @@ def _components(field: xr.Dataset, pca: PCA, block: int) -> xr.Dataset:
     """The three components of the block-averaged, re-normalised field; NaN where nothing is valid."""
     embedding = field.embedding.transpose("y", "x", "band")
     if block > 1:
+        left, top = float(field.x[0]) - 5.0, float(field.y[0]) + 5.0  # the region's corner (10 m pixels)
         embedding = embedding.coarsen(y=block, x=block, boundary="pad").mean()
         embedding = embedding / np.sqrt((embedding**2).sum("band"))
+        # A padded last block's mean coordinate is off the grid: centres of the coarse grid instead.
+        step = 10.0 * block
+        embedding = embedding.assign_coords(
+            x=left + (np.arange(embedding.sizes["x"]) + 0.5) * step,
+            y=top - (np.arange(embedding.sizes["y"]) + 0.5) * step,
+        )
     projected = xr.apply_ufunc(
         _project,
         embedding,
