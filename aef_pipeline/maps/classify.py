@@ -133,6 +133,8 @@ def _check_request(request: MapRequest) -> None:
         raise UserInputError(f"--k {request.k} and --folds {request.folds}: k must be >= 1 and folds >= 2")
     if request.out.suffix.lower() not in SUFFIXES:
         raise UserInputError(f"--out {request.out}: end it with .tif (a COG) or .zarr")
+    if not request.out.parent.is_dir():
+        raise UserInputError(f"{request.out.parent} does not exist: create it or choose another --out")
     if _outputs_exist(request.out) and not request.overwrite:
         raise UserInputError(f"{request.out} exists: choose another --out or pass --overwrite")
 

@@ -120,16 +120,18 @@ def _label_column(points: gpd.GeoDataFrame, request: EvaluationRequest) -> str:
 
 
 def _in_period(points: gpd.GeoDataFrame, period: Period) -> tuple[gpd.GeoDataFrame, int]:
-    """The rows whose valid time (the suite's `valid_time_start_ms`) lies in the period."""
+    """The rows whose valid time (the suite's `valid_time_start_ms` .. `valid_time_end_ms`, or its
+    start alone) overlaps the period: a label valid 2017-2024 labels every year of it."""
     if "valid_time_start_ms" not in points.columns:
         return points.reset_index(drop=True), 0
     start_ms = points["valid_time_start_ms"].to_numpy(np.float64)
-    bounds = [period.start.timestamp() * 1000, period.end.timestamp() * 1000]
-    inside = (start_ms >= bounds[0]) & (start_ms < bounds[1])
+    end_ms = points["valid_time_end_ms"].to_numpy(np.float64) if "valid_time_end_ms" in points.columns else start_ms + 1
+    first, last = period.start.timestamp() * 1000, period.end.timestamp() * 1000
+    inside = (start_ms < last) & (end_ms > first)
     if not inside.any():
-        first = dt.datetime.fromtimestamp(start_ms.min() / 1000, dt.UTC)
+        earliest = dt.datetime.fromtimestamp(start_ms.min() / 1000, dt.UTC)
         raise UserInputError(
-            f"no point's valid time lies in {period.label} (the first starts {first:%Y-%m-%d}): pass --period"
+            f"no point's valid time overlaps {period.label} (the first starts {earliest:%Y-%m-%d}): pass --period"
         )
     return points[inside].reset_index(drop=True), int((~inside).sum())
 
@@ -142,15 +144,26 @@ def _training_pool(points: gpd.GeoDataFrame, seed: int) -> NDArray[np.bool_]:
             raise UserInputError(f"split values {unknown} are neither train nor test: fix the split column")
         return np.asarray(split == "train")
     where = points.geometry.representative_point()
-    blocks: list[tuple[int, int, int]] = []
-    for lon, lat in zip(where.x, where.y, strict=True):
-        zone = utm_zone(lon)
-        to_utm = Transformer.from_crs(4326, utm_epsg(zone, "N" if lat >= 0 else "S"), always_xy=True)
-        x, y = to_utm.transform(lon, lat)
-        blocks.append((zone, int(x // BLOCK_M), int(y // BLOCK_M)))
+    lon, lat = where.x.to_numpy(), where.y.to_numpy()
+    blocks = np.empty(len(points), dtype=object)
+    zones = np.array([f"{utm_zone(x):02d}{'N' if y >= 0 else 'S'}" for x, y in zip(lon, lat, strict=True)])
+    for zone in sorted(set(zones)):  # one transformer per zone, not per point
+        rows = np.flatnonzero(zones == zone)
+        to_utm = Transformer.from_crs(4326, utm_epsg(int(zone[:-1]), zone[-1]), always_xy=True)
+        x, y = to_utm.transform(lon[rows], lat[rows])
+        blocks[rows] = [
+            (zone, int(i), int(j)) for i, j in zip(np.asarray(x) // BLOCK_M, np.asarray(y) // BLOCK_M, strict=True)
+        ]
     rng = np.random.default_rng(seed)
-    chosen = {block: rng.random() < 0.5 for block in sorted(set(blocks))}
-    return np.array([chosen[block] for block in blocks], dtype=bool)
+    names = sorted(set(blocks))
+    chosen = {block: rng.random() < 0.5 for block in names}
+    train = np.array([chosen[block] for block in blocks], dtype=bool)
+    if train.all() or not train.any():
+        raise UserInputError(
+            f"the points fall in {len(names)} blocks of {BLOCK_M / 1000:g} km, too few to split into train and "
+            "test: add a split column (train/test)"
+        )
+    return train
 
 
 def _field_matrix(path: Path, points: gpd.GeoDataFrame, period: Period) -> NDArray[np.float32]:
