@@ -223,12 +223,12 @@ def test_a_store_of_another_model_or_an_overlapping_period_is_refused(tmp_path: 
         (paper, [Period.year(2022)], "made with model 'tiny', this run uses 'paper'"),
         (sha, [Period.year(2022)], "made with model_weights 'untrained"),
         (float16, [Period.year(2022)], "made with storage 'int8'"),
-        (LAYOUT, [Period.year(2023), july], "period 2022-07-01_2023-07-01 overlaps 2022, which .* already holds: a "),
+        (LAYOUT, [Period.year(2024), july], "period 2022-07-01_2023-07-01 overlaps 2022, which .* already holds: a "),
     ]
     for layout, periods, message in refused:
         with pytest.raises(UserInputError, match=message):
             create_store(path, TILES, periods, layout)
-    assert sorted((f, f.stat().st_mtime_ns) for f in path.rglob("*")) == before  # nothing written, not even 2023
+    assert sorted((f, f.stat().st_mtime_ns) for f in path.rglob("*")) == before  # nothing written, not even 2024
     create_store(path, TILES, [Period.year(2022)], StoreLayout("paper", LAYOUT.model_weights), overwrite=True)
     assert open_embeddings(path).attrs["aef:model"] == "paper"
 
