@@ -6,7 +6,9 @@ shard is one tile-period, so in the zone-wide group it is the same file under a 
 old group's corner in the zone; its bytes, and so the checksums in the records, do not change.
 
 Per zone, so that a crash never loses a shard:
-1. build the zone-wide group in `<store>.migrating/<zone>` (same periods, model and encoding);
+1. build the zone-wide group in `<store>.migrating/<zone>` (same periods, model and encoding) for
+   every zone, and check that its arrays read chunks exactly as the old ones do (data type, shards,
+   codecs, key encoding, fill value); a difference stops the migration before the store is touched;
 2. hard-link every chunk file of `embedding`, `observations` and `tile_record` into it at its new
    key (a copy where links are not possible), and mark the written tiles as planned;
 3. swap: the old group goes to `<store>.migrating/<zone>.old`, the new one takes its place, and
@@ -16,6 +18,7 @@ Per zone, so that a crash never loses a shard:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -54,6 +57,12 @@ def migrate_store(path: Path) -> list[str]:
         older = [zone for zone in zones if (zone_attrs(path, zone) or {}).get("aef:layout") != ZONE_WIDE]
         if not older:
             return []
+        try:  # every zone's new template made and checked before the store is touched
+            for zone in older:
+                _stage_zone(path, zone, staging)
+        except UserInputError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         unconsolidate(path)
         for zone in older:
             _migrate_zone(path, zone, staging)
@@ -63,25 +72,44 @@ def migrate_store(path: Path) -> list[str]:
     return older
 
 
-def _migrate_zone(path: Path, zone: str, staging: Path) -> None:
+def _stage_zone(path: Path, zone: str, staging: Path) -> None:
+    """The zone-wide template of an older group, beside the store, checked to read its chunks alike."""
     attrs = zone_attrs(path, zone) or {}
     layout = StoreLayout(attrs["aef:model"], attrs["aef:model_weights"], attrs["aef:storage"])
-    periods = store_periods(path, zone)
-    written = written_tiles(path, zone)
     shutil.rmtree(staging / zone, ignore_errors=True)
-    zone_template(zone, periods, layout).to_zarr(
+    zone_template(zone, store_periods(path, zone), layout).to_zarr(
         staging, group=zone, mode="a", compute=False, encoding=zone_encoding(layout, zone), consolidated=False
     )
+    _check_same_encoding(path / zone, staging / zone)
+
+
+def _migrate_zone(path: Path, zone: str, staging: Path) -> None:
+    """Link the older group's chunks into its staged template, then swap the two."""
+    attrs = zone_attrs(path, zone) or {}
+    periods, written = store_periods(path, zone), written_tiles(path, zone)
     old, new = attrs["aef:tiles"], zone_tile_extent(zone[-1])
     shift = (new["row_max"] - old["row_max"], old["col_min"] - new["col_min"])
     for name in MOVED:
         _move_chunks(path / zone / name / "c", staging / zone / name / "c", shift)
     for index, tiles in written.items():
         mark_planned(staging, zone, tiles, [periods[index]])
-    (staging / f"{zone}.old").parent.mkdir(parents=True, exist_ok=True)
     os.replace(path / zone, staging / f"{zone}.old")
     os.replace(staging / zone, path / zone)
     shutil.rmtree(staging / f"{zone}.old")
+
+
+def _check_same_encoding(old: Path, new: Path) -> None:
+    """A chunk file moves only into an array that reads it the same way: the same data type,
+    chunk grid (shards), codecs and key encoding. Anything else would misplace or garble data."""
+    keys = ("data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")
+    for name in MOVED:
+        before, after = (json.loads((group / name / "zarr.json").read_text()) for group in (old, new))
+        differ = [key for key in keys if before.get(key) != after.get(key)]
+        if differ:
+            raise UserInputError(
+                f"{old}/{name} is stored with another {', '.join(differ)} than this version writes: it cannot be "
+                "migrated by moving its chunks; write the area again into a new store"
+            )
 
 
 def _move_chunks(source: Path, target: Path, shift: tuple[int, int]) -> None:

@@ -323,3 +323,17 @@ def test_evaluate_refuses_rows_without_a_label(field: Path, tmp_path: Path, caps
     points.to_file(tmp_path / "points.geojson")
     assert main(["evaluate", "--points", str(tmp_path / "points.geojson"), "--fields", str(field)]) == 2
     assert "1 rows have no 'label' (e.g. row 2): drop or label them" in capsys.readouterr().err
+
+
+def test_a_polygon_read_in_small_blocks_gives_the_same_mean(field: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aef_pipeline.maps.sample as sample_module
+
+    tile = TILES[0]
+    west, south = _lonlat(tile, 120.3, 39.7)
+    east, north = _lonlat(tile, 99.7, 60.3)
+    polygon = gpd.GeoDataFrame(geometry=[box(west, south, east, north)], crs="EPSG:4326")
+    whole = sample_field(field, polygon)
+    monkeypatch.setattr(sample_module, "POLYGON_BLOCK_PX", 7)  # 3 x 3 blocks, edges inside the polygon
+    blocks = sample_field(field, polygon)
+    np.testing.assert_allclose(blocks.vectors(), whole.vectors(), atol=1e-6)
+    assert blocks.table["pixels"].iloc[0] == whole.table["pixels"].iloc[0]

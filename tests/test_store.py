@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import multiprocessing
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -378,3 +379,16 @@ def test_a_write_cut_off_leaves_no_phantom_record_and_overlapping_requests_are_r
     with pytest.raises(UserInputError, match="periods 2022 and 2022-03-01_2022-09-01 overlap"):
         create_store(tmp_path / "other.zarr", TILES[:1], [Period.year(2022), spring], LAYOUT)
     assert not (tmp_path / "other.zarr").exists()
+
+
+def test_migrate_refuses_chunks_stored_another_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "old.zarr"
+    older_layout_store(old, TILES, [Period.year(2022)], LAYOUT)
+    metadata_file = old / "33N" / "observations" / "zarr.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata["fill_value"] = -1  # e.g. a store written by a version with another fill value
+    metadata_file.write_text(json.dumps(metadata))
+    before = sorted((f, f.stat().st_mtime_ns) for f in tmp_path.rglob("*"))
+    assert main(["migrate", str(old)]) == 2
+    assert "observations is stored with another fill_value than this version writes" in capsys.readouterr().err
+    assert sorted((f, f.stat().st_mtime_ns) for f in tmp_path.rglob("*")) == before  # untouched, no staging left

@@ -44,6 +44,7 @@ from aef_pipeline.store import (
 
 FloatArray = NDArray[np.float32]
 POLYGON_SEGMENT_DEGREES = 1e-4  # about 10 m: one pixel
+POLYGON_BLOCK_PX = 640  # a polygon is read in blocks of 640 x 640 px (26 MB of int8)
 
 
 @dataclass
@@ -187,20 +188,30 @@ def _read_polygon(store: Path, zone: str, period: Period, row: int, polygon: Bas
     if rows.stop <= rows.start or cols.stop <= cols.start:
         found.reasons[row] = "outside the field (beyond its zone group)"
         return
-    area = group[rows, cols]
-    inside = geometry_mask([shape], out_shape=area.shape, transform=area.affine, invert=True)
     embedding = zarr.open_array(str(store / zone / "embedding"), mode="r")
     observations = zarr.open_array(str(store / zone / "observations"), mode="r")
-    vectors = _as_float(np.asarray(embedding[index, rows, cols, :])[inside], attrs["aef:storage"])
-    counts = np.asarray(observations[index, rows, cols])[inside]
-    valid = np.isfinite(vectors).all(axis=-1) & (counts > 0)
-    if not valid.any():
+    total, counted, pixels = np.zeros(len(BANDS), np.float64), 0.0, 0
+    # Block by block (at most POLYGON_BLOCK_PX square), so a polygon of tens of km costs a block's memory.
+    for r0 in range(rows.start, rows.stop, POLYGON_BLOCK_PX):
+        for c0 in range(cols.start, cols.stop, POLYGON_BLOCK_PX):
+            block_rows = slice(r0, min(r0 + POLYGON_BLOCK_PX, rows.stop))
+            block_cols = slice(c0, min(c0 + POLYGON_BLOCK_PX, cols.stop))
+            area = group[block_rows, block_cols]
+            inside = geometry_mask([shape], out_shape=area.shape, transform=area.affine, invert=True)
+            if not inside.any():
+                continue
+            vectors = _as_float(np.asarray(embedding[index, block_rows, block_cols, :])[inside], attrs["aef:storage"])
+            counts = np.asarray(observations[index, block_rows, block_cols])[inside]
+            valid = np.isfinite(vectors).all(axis=-1) & (counts > 0)
+            total += vectors[valid].sum(axis=0, dtype=np.float64)
+            counted += float(counts[valid].sum())
+            pixels += int(valid.sum())
+    if not pixels:
         found.reasons[row] = "no valid observation in the polygon (nodata or not written)"
         return
-    mean = vectors[valid].mean(axis=0)
-    found.vectors[row] = mean / np.linalg.norm(mean)
-    found.observations[row] = counts[valid].mean()
-    found.pixels[row] = int(valid.sum())
+    found.vectors[row] = (total / np.linalg.norm(total)).astype(np.float32)  # the mean's direction
+    found.observations[row] = counted / pixels
+    found.pixels[row] = pixels
 
 
 def _as_float(values: np.ndarray, storage: str) -> FloatArray:
