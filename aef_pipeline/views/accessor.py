@@ -32,28 +32,32 @@ class FieldViews:
         self._embedding = ds.embedding
 
     def pca_rgb(self, *, seed: int = 0) -> xr.DataArray:
-        """(y, x, rgba) uint8: three principal components of this Dataset's valid vectors, each
-        stretched by its 2nd-98th percentile; alpha 0 where there is no vector."""
-        vectors = self._embedding.transpose(..., "band").values
-        flat = vectors.reshape(-1, vectors.shape[-1])
-        valid = np.isfinite(flat).all(axis=1)
-        if valid.sum() < 3:
+        """(..., y, x, rgba) uint8, lazy if the Dataset is: three principal components, fitted on a
+        strided sample of at most about SAMPLE valid vectors, each stretched by its 2nd-98th
+        percentile; alpha 0 where there is no vector. Memory follows a chunk, not the Dataset."""
+        embedding = self._embedding.transpose(..., "band")
+        pixels = int(np.prod([size for dim, size in embedding.sizes.items() if dim != "band"]))
+        stride = max(1, int(np.sqrt(pixels / SAMPLE)))
+        thinned = embedding.isel(y=slice(None, None, stride), x=slice(None, None, stride)).values
+        flat = thinned.reshape(-1, thinned.shape[-1])
+        sample = flat[np.isfinite(flat).all(axis=1)]
+        if len(sample) < 3:
             raise UserInputError("fewer than 3 valid vectors: nothing to picture")
-        rng = np.random.default_rng(seed)
-        rows = np.flatnonzero(valid)
-        sample = flat[rng.choice(rows, size=min(SAMPLE, len(rows)), replace=False)]
         pca = PCA(n_components=3, random_state=seed).fit(sample)
         projected = pca.transform(sample)
         low, high = np.percentile(projected, STRETCH[0], axis=0), np.percentile(projected, STRETCH[1], axis=0)
-        rgba = np.zeros((len(flat), 4), np.uint8)
-        scaled = np.clip((pca.transform(flat[valid]) - low) / np.where(high > low, high - low, 1.0), 0, 1)
-        rgba[valid, :3] = np.round(scaled * 255).astype(np.uint8)
-        rgba[valid, 3] = 255
-        dims = [d for d in self._embedding.dims if d != "band"]
-        coords = {d: self._embedding[d] for d in dims if d in self._embedding.coords}
-        picture = rgba.reshape(*vectors.shape[:-1], 4)
-        variance = [float(v) for v in pca.explained_variance_ratio_]
-        return xr.DataArray(picture, dims=[*dims, "rgba"], coords=coords, attrs={"explained_variance": variance})
+        picture: xr.DataArray = xr.apply_ufunc(
+            _rgba,
+            embedding,
+            kwargs={"pca": pca, "low": low, "high": high},
+            input_core_dims=[["band"]],
+            output_core_dims=[["rgba"]],
+            dask="parallelized",
+            output_dtypes=[np.uint8],
+            dask_gufunc_kwargs={"output_sizes": {"rgba": 4}},
+        )
+        picture.attrs["explained_variance"] = [float(v) for v in pca.explained_variance_ratio_]
+        return picture
 
     def similarity(self, references: ArrayLike) -> xr.DataArray:
         """The mean dot product of every vector with `references` ((n, 64) or (64,)): NaN stays NaN."""
@@ -83,3 +87,14 @@ def _one_period(embedding: xr.DataArray) -> xr.DataArray:
     if embedding.sizes["time"] != 1:
         raise UserInputError("change compares one period with another: select one with .isel(time=...)")
     return embedding.isel(time=0).drop_vars(["time", "time_end"], errors="ignore")
+
+
+def _rgba(vectors: np.ndarray, pca: PCA, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    valid = np.isfinite(flat).all(axis=1)
+    rgba = np.zeros((len(flat), 4), np.uint8)
+    if valid.any():
+        scaled = np.clip((pca.transform(flat[valid]) - low) / np.where(high > low, high - low, 1.0), 0, 1)
+        rgba[valid, :3] = np.round(scaled * 255).astype(np.uint8)
+        rgba[valid, 3] = 255
+    return rgba.reshape(*vectors.shape[:-1], 4)
