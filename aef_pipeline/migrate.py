@@ -32,13 +32,13 @@ from aef_pipeline.store import (
     StoreLayout,
     finalize,
     mark_planned,
+    required_zones,
     store_periods,
     unconsolidate,
     written_tiles,
     zone_attrs,
     zone_encoding,
     zone_template,
-    zones_in,
 )
 
 # Arrays whose chunk files move, and how many leading key parts are (time, row, col) indices;
@@ -48,9 +48,7 @@ MOVED = ("embedding", "observations", "tile_record")
 
 def migrate_store(path: Path) -> list[str]:
     """Rewrite every zone group of the older layout zone-wide; returns the zones migrated."""
-    zones = zones_in(path)
-    if not zones:
-        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    zones = required_zones(path)
     staging = path.with_name(path.name + ".migrating")
     with store_lock(path):
         _recover(path, staging)

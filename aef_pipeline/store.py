@@ -358,9 +358,7 @@ def group_geobox(attrs: Mapping[str, Any]) -> GeoBox:
 
 
 def _chosen_zone(root: Path, zone: str | None, bbox: BBox | None) -> str:
-    zones = zones_in(root)
-    if not zones:
-        raise UserInputError(f"{root} is not an aef-pipeline embedding store (no zone groups found)")
+    zones = required_zones(root)
     if zone is not None:
         if zone not in zones:
             raise UserInputError(f"{root} has no zone {zone}; it holds {', '.join(zones)}")
@@ -424,9 +422,7 @@ def _time_index(root: Path, zone: str, period: Period | str) -> int:
 def describe_store(path: Path) -> str:
     """What a store holds and how complete it is (`aef-pipeline info`): per zone, the layout and
     model, the extent written (tiles, pixels, degrees) and tile-periods written / planned by period."""
-    zones = zones_in(path)
-    if not zones:
-        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    zones = required_zones(path)
     lines = [f"{path}: {len(zones)} zone group(s)"]
     for zone in zones:
         lines += _describe_zone(path, zone)
@@ -504,7 +500,8 @@ def written_areas(store: Path, zone: str, period: Period) -> list[tuple[int, int
     for tile in written_tiles(store, zone).get(index, []):
         rows, cols = tile_region(tile, extent)
         whole = [[0, TILE_PIXELS, 0, TILE_PIXELS]]
-        for r0, r1, c0, c1 in read_record(store, tile, period).get("areas", whole):
+        record = json.loads(_record_at(store, tile, index, extent))  # listed, so written: no lookup per tile
+        for r0, r1, c0, c1 in record.get("areas", whole):
             found.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.start + c1))
     return found
 
@@ -569,6 +566,20 @@ def _consolidated(path: Path) -> bool:
 
 def zones_in(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if (p / "zarr.json").is_file()) if path.is_dir() else []
+
+
+def required_zones(path: Path) -> list[str]:
+    """The store's zone groups; a path holding none is refused in one line (every command that
+    reads a store starts here)."""
+    zones = zones_in(path)
+    if not zones:
+        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    return zones
+
+
+def zones_with(path: Path, period: Period) -> list[str]:
+    """The zone groups that hold `period`."""
+    return [zone for zone in zones_in(path) if period in store_periods(path, zone)]
 
 
 # --- template ------------------------------------------------------------------------------------

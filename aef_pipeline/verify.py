@@ -20,18 +20,17 @@ import pystac
 import zarr
 
 from aef_pipeline.catalog import stac_collection, stac_dir
-from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TileId
 from aef_pipeline.store import (
     NODATA_INT8,
     dequantise,
     is_finalised,
+    required_zones,
     shard_digest,
     tile_index,
     tile_region,
     written_tiles,
     zone_attrs,
-    zones_in,
 )
 
 # Unit-norm tolerance per storage: int8's quantisation moves a norm by up to ~0.02.
@@ -51,9 +50,7 @@ class Verification:
 
 
 def verify_store(path: Path) -> Verification:
-    zones = zones_in(path)
-    if not zones:
-        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    zones = required_zones(path)
     result = Verification()
     for zone in zones:
         attrs = zone_attrs(path, zone)

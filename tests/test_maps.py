@@ -23,7 +23,7 @@ from shapely.geometry import Point, box
 
 from aef_pipeline.cli import main
 from aef_pipeline.grid import TileId
-from aef_pipeline.maps.sample import _as_float, sample_field
+from aef_pipeline.maps.sample import sample_field, vectors_as_float
 from aef_pipeline.plan import Period
 from aef_pipeline.store import NODATA_INT8, StoreLayout, create_store, finalize, open_embeddings, write_tile
 
@@ -116,7 +116,7 @@ def test_points_are_read_in_their_own_zone_and_nodata_is_never_a_value(field: Pa
 def test_a_nodata_band_makes_the_whole_vector_nodata() -> None:
     stored = np.full((2, 64), 100, np.int8)
     stored[1, 7] = NODATA_INT8
-    floats = _as_float(stored, "int8")
+    floats = vectors_as_float(stored, "int8")
     assert np.isfinite(floats[0]).all()
     assert np.isnan(floats[1]).all()
 

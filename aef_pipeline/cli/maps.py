@@ -115,10 +115,9 @@ def classify_command(args: argparse.Namespace) -> int:
 
 
 def _check_field(path: Path) -> None:
-    from aef_pipeline.store import zones_in
+    from aef_pipeline.store import required_zones
 
-    if not zones_in(path):
-        raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+    required_zones(path)
 
 
 def _summary(report: dict[str, Any]) -> str:

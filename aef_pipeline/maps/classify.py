@@ -47,10 +47,10 @@ from aef_pipeline.store import (
     dequantise,
     finalize,
     open_embeddings,
-    store_periods,
     written_part,
     zone_attrs,
     zones_in,
+    zones_with,
 )
 
 METHODS = ("knn", "linear", "forest")
@@ -302,7 +302,7 @@ def _interval(
 def _write_maps(request: MapRequest, samples: Samples, estimator: BaseEstimator, target: Target) -> list[str]:
     """One map per zone group holding the period (`map.tif`, or `map_33N.tif` ... for several), or
     one mosaic in `request.crs`."""
-    zones = [z for z in _zones_with(request.field_path, samples) if z]
+    zones = [z for z in zones_with(request.field_path, samples.period) if z]
     predictions = {
         zone: predict_map(request.field_path, zone, samples.period, estimator, target, request.regress)
         for zone in zones
@@ -340,10 +340,6 @@ def mosaic(predictions: list[xr.Dataset], crs: str, resolution_m: float = RESOLU
         combined = combined.fillna(other)
     located: xr.Dataset = combined.rio.write_crs(target_crs.to_wkt()).rio.write_transform(grid.affine)
     return located
-
-
-def _zones_with(store: Path, samples: Samples) -> list[str]:
-    return [z for z in zones_in(store) if samples.period in store_periods(store, z)]
 
 
 def predict_map(

@@ -39,7 +39,7 @@ from aef_pipeline.maps.protocol import (
 )
 from aef_pipeline.maps.sample import choose_period, sample_field
 from aef_pipeline.plan import Period
-from aef_pipeline.store import BANDS, zone_attrs, zones_in
+from aef_pipeline.store import BANDS, required_zones, zone_attrs, zones_in
 
 BLOCK_M = 1280.0  # the split of a table without one: blocks as far apart as the paper's training points
 
@@ -64,8 +64,7 @@ def evaluate(request: EvaluationRequest) -> tuple[list[ProtocolResult], dict[str
     if not request.fields:
         raise UserInputError("no field given: pass --fields A.zarr [B.zarr ...]")
     for path in request.fields:
-        if not zones_in(path):
-            raise UserInputError(f"{path} is not an aef-pipeline embedding store (no zone groups found)")
+        required_zones(path)
     settings = ProtocolSettings(labels_per_class=request.labels_per_class, seed=request.seed)
     points = read_points(request.points, request.points_crs)
     column = _label_column(points, request)

@@ -36,10 +36,11 @@ from aef_pipeline.store import (
     NODATA_INT8,
     dequantise,
     group_geobox,
+    required_zones,
     store_periods,
     written_tiles,
     zone_attrs,
-    zones_in,
+    zones_with,
 )
 
 FloatArray = NDArray[np.float32]
@@ -78,7 +79,7 @@ class _Found:
 def sample_field(store: Path, points: gpd.GeoDataFrame, period: Period | str | None = None) -> Samples:
     """The field's vectors at `points` (EPSG:4326, as read_points gives) for one period."""
     chosen = choose_period(store, period)
-    if not any(chosen in store_periods(store, zone) and _written(store, zone, chosen) for zone in zones_in(store)):
+    if not any(_written(store, zone, chosen) for zone in zones_with(store, chosen)):
         raise UserInputError(
             f"{store} has no finished tile for {chosen.label}: run `aef-pipeline run` over the area first"
         )
@@ -95,7 +96,7 @@ def sample_field(store: Path, points: gpd.GeoDataFrame, period: Period | str | N
     keys = np.array([_zone_key(x, y) for x, y in zip(lon, lat, strict=True)])
     for zone in sorted(set(keys)):
         rows = np.flatnonzero(keys == zone)
-        if zone not in zones_in(store) or chosen not in store_periods(store, zone):
+        if zone not in zones_with(store, chosen):
             found.reasons.update({int(r): f"outside the field (zone {zone} holds no {chosen.label})" for r in rows})
             continue
         found.zones[rows] = zone
@@ -109,9 +110,7 @@ def sample_field(store: Path, points: gpd.GeoDataFrame, period: Period | str | N
 def choose_period(store: Path, period: Period | str | None) -> Period:
     """The period asked for (a Period, "2022" or "START/END"), checked against the store; with
     none, the store's only period."""
-    held = sorted({p for zone in zones_in(store) for p in store_periods(store, zone)})
-    if not held:
-        raise UserInputError(f"{store} is not an aef-pipeline embedding store (no zone groups found)")
+    held = sorted({p for zone in required_zones(store) for p in store_periods(store, zone)})
     labels = ", ".join(p.label for p in held)
     if period is None:
         if len(held) > 1:
@@ -169,7 +168,7 @@ def _read_points(
         block = np.asarray(embedding[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX, :])
         counts = np.asarray(observations[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX])
         dr, dc = r[members] - r0, c[members] - c0
-        found.vectors[targets[members]] = _as_float(block[dr, dc], attrs["aef:storage"])
+        found.vectors[targets[members]] = vectors_as_float(block[dr, dc], attrs["aef:storage"])
         found.observations[targets[members]] = counts[dr, dc]
         found.pixels[targets[members]] = 1
 
@@ -200,7 +199,9 @@ def _read_polygon(store: Path, zone: str, period: Period, row: int, polygon: Bas
             inside = geometry_mask([shape], out_shape=area.shape, transform=area.affine, invert=True)
             if not inside.any():
                 continue
-            vectors = _as_float(np.asarray(embedding[index, block_rows, block_cols, :])[inside], attrs["aef:storage"])
+            vectors = vectors_as_float(
+                np.asarray(embedding[index, block_rows, block_cols, :])[inside], attrs["aef:storage"]
+            )
             counts = np.asarray(observations[index, block_rows, block_cols])[inside]
             valid = np.isfinite(vectors).all(axis=-1) & (counts > 0)
             total += vectors[valid].sum(axis=0, dtype=np.float64)
@@ -214,7 +215,7 @@ def _read_polygon(store: Path, zone: str, period: Period, row: int, polygon: Bas
     found.pixels[row] = pixels
 
 
-def _as_float(values: np.ndarray, storage: str) -> FloatArray:
+def vectors_as_float(values: np.ndarray, storage: str) -> FloatArray:
     """De-quantised vectors; a vector with any nodata band is NaN as a whole."""
     if storage == "int8":
         floats = dequantise(values)

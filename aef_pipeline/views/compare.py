@@ -32,7 +32,7 @@ from aef_pipeline.maps.points import read_points
 from aef_pipeline.maps.raster import write_cog
 from aef_pipeline.maps.sample import choose_period, sample_field
 from aef_pipeline.plan import Period
-from aef_pipeline.store import open_embeddings, store_periods, written_part, zones_in
+from aef_pipeline.store import open_embeddings, store_periods, written_part, zones_with
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def similarity_map(request: SimilarityRequest) -> dict[str, Any]:
     target = samples.vectors().mean(axis=0)
     scores = {
         zone: _scored(_field(request.field_path, zone, period).embedding, target)
-        for zone in _zones(request.field_path, period)
+        for zone in zones_with(request.field_path, period)
     }
     return _write(
         scores, request.out, request.threshold, request.polygons, f"similarity to {len(references)} references"
@@ -97,7 +97,7 @@ def change_map(request: ChangeRequest) -> dict[str, Any]:
             f"periods {before.label} and {after.label} differ in length: their embeddings summarise different "
             "spans; pass --force to compare them anyway"
         )
-    zones = [z for z in _zones(request.field_path, before) if after in store_periods(request.field_path, z)]
+    zones = [z for z in zones_with(request.field_path, before) if after in store_periods(request.field_path, z)]
     scores = {zone: _change(request.field_path, zone, before, after) for zone in zones}
     return _write(scores, request.out, request.threshold, request.polygons, f"change {before.label} -> {after.label}")
 
@@ -124,10 +124,6 @@ def _check_threshold(threshold: float | None, bounds: tuple[float, float], what:
         raise UserInputError(
             f"--threshold {threshold} is outside [{bounds[0]:g}, {bounds[1]:g}], the range of {what} scores"
         )
-
-
-def _zones(store: Path, period: Period) -> list[str]:
-    return [zone for zone in zones_in(store) if period in store_periods(store, zone)]
 
 
 def _scored(embedding: xr.DataArray, target: NDArray[np.float32]) -> xr.DataArray:

@@ -27,19 +27,17 @@ from sklearn.decomposition import PCA
 
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.maps.classify import mosaic
-from aef_pipeline.maps.sample import choose_period
+from aef_pipeline.maps.sample import choose_period, vectors_as_float
 from aef_pipeline.plan import Period
 from aef_pipeline.store import (
     CHUNK_PX,
-    NODATA_INT8,
     READ_CHUNK_PX,
-    dequantise,
     open_embeddings,
     store_periods,
     written_areas,
     written_part,
     zone_attrs,
-    zones_in,
+    zones_with,
 )
 
 SAMPLE_CHUNKS = 64  # stored 128 px chunks the PCA is fitted on, drawn across every written tile
@@ -63,7 +61,7 @@ def quicklook(store: Path, period: Period | str | None = None, *, max_size: int 
     if max_size < 16:
         raise UserInputError(f"--max-size {max_size} is below 16 px: ask for a larger picture")
     chosen = choose_period(store, period)
-    zones = [z for z in zones_in(store) if chosen in store_periods(store, z) and written_areas(store, z, chosen)]
+    zones = [zone for zone in zones_with(store, chosen) if written_areas(store, zone, chosen)]
     if not zones:
         raise UserInputError(f"{store} has no finished tile for {chosen.label}: run `aef-pipeline run` first")
     sample = _sample(store, zones, chosen, seed)
@@ -112,15 +110,21 @@ def _sample(store: Path, zones: list[str], period: Period, seed: int) -> NDArray
     )
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(candidates), size=min(SAMPLE_CHUNKS, len(candidates)), replace=False)
+    opened = {  # per zone: the period's time index, the array and its storage (opened once each)
+        zone: (
+            store_periods(store, zone).index(period),
+            zarr.open_array(str(store / zone / "embedding"), mode="r"),
+            (zone_attrs(store, zone) or {})["aef:storage"],
+        )
+        for zone in zones
+    }
     vectors = []
     for i in sorted(picked):
         zone, r0, c0 = candidates[i]
-        index = store_periods(store, zone).index(period)
-        embedding = zarr.open_array(str(store / zone / "embedding"), mode="r")
+        index, embedding, storage = opened[zone]
         stored = np.asarray(embedding[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX])
-        flat = stored.reshape(-1, stored.shape[-1])
-        valid = (flat != NODATA_INT8).all(axis=1) if flat.dtype == np.int8 else np.isfinite(flat).all(axis=1)
-        vectors.append(dequantise(flat[valid]) if flat.dtype == np.int8 else flat[valid].astype(np.float32))
+        floats = vectors_as_float(stored.reshape(-1, stored.shape[-1]), storage)
+        vectors.append(floats[np.isfinite(floats).all(axis=1)])
     sample = np.concatenate(vectors)
     if len(sample) < 3:
         raise UserInputError(f"{store} has fewer than 3 valid vectors for {period.label}: nothing to picture")
