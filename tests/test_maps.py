@@ -26,6 +26,7 @@ from aef_pipeline.grid import TileId
 from aef_pipeline.maps.sample import sample_field, vectors_as_float
 from aef_pipeline.plan import Period
 from aef_pipeline.store import NODATA_INT8, StoreLayout, create_store, finalize, open_embeddings, write_tile
+from tests.refusals import assert_refused
 
 YEAR = Period.year(2022)
 WINDOW = 384  # px written of each tile: 3 x 3 blocks of 1.28 km
@@ -223,12 +224,7 @@ def test_bad_map_input(
     (tmp_path / "exists.tif").write_bytes(b"mine")
     argv = ["classify", str(field), "--labels", str(labels), "--out", str(tmp_path / "map.tif")]
     argv += [arg.format(tmp=tmp_path) for arg in extra]
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert phrase in err[0]
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert_refused(argv, phrase, tmp_path, capsys)
 
 
 def test_evaluate_prints_the_protocol_table_for_each_field(

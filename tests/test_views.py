@@ -19,6 +19,7 @@ from shapely.geometry import Point
 from aef_pipeline.cli import main
 from aef_pipeline.plan import Period
 from aef_pipeline.store import create_store, finalize, write_tile
+from tests.refusals import assert_refused
 from tests.test_maps import LAYOUT, STRIPE_PX, TILES, WINDOW, YEAR, _lonlat, _stripes
 
 
@@ -79,12 +80,7 @@ def test_bad_quicklook_input(
 ) -> None:
     (tmp_path / "exists.png").write_bytes(b"mine")
     argv = ["quicklook", str(stripes), "--out", str(tmp_path / "quick.png"), *(a.format(tmp=tmp_path) for a in extra)]
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert phrase in err[0]
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert_refused(argv, phrase, tmp_path, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +152,7 @@ def test_bad_similarity_and_change_input(
     gpd.GeoDataFrame(geometry=[Point(100.0, 10.0)], crs="EPSG:4326").to_file(tmp_path / "far.geojson")
     names = {"field": two_years, "refs": tmp_path / "refs.geojson", "far": tmp_path / "far.geojson", "tmp": tmp_path}
     command = [a.format(**names) for a in argv] + ["--out", str(tmp_path / "out.tif")]
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
-    assert main(command) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1
-    assert phrase in err[0]
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert_refused(command, phrase, tmp_path, capsys)
 
 
 def test_change_between_periods_of_different_lengths_needs_force(
