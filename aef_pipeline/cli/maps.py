@@ -70,11 +70,7 @@ def sample_command(args: argparse.Namespace) -> int:
     _check_field(args.field)
     points = read_points(args.points, args.points_crs)
     samples = sample_field(args.field, points, args.period)
-    if samples.table.empty:
-        raise UserInputError(
-            f"none of the {len(points)} points lies on a written pixel of {args.field} for {samples.period.label} "
-            f"(e.g. {samples.missing[0]['reason']}): give points inside the field"
-        )
+    samples.require_some(args.field)
     partial = out.with_name(f".{out.name}.partial")
     samples.table.to_parquet(partial)
     partial.replace(out)

@@ -99,11 +99,7 @@ def make_map(request: MapRequest) -> dict[str, Any]:
         columns = ", ".join(c for c in points.columns if c != points.geometry.name)
         raise UserInputError(f"{request.labels} has no property {request.property!r}; it has {columns}")
     samples = sample_field(request.field_path, points, request.period)
-    if samples.table.empty:
-        raise UserInputError(
-            f"none of the {len(points)} points of {request.labels} lies on a written pixel of {request.field_path} "
-            f"for {samples.period.label} (e.g. {samples.missing[0]['reason']}): label points inside the field"
-        )
+    samples.require_some(request.field_path, request.labels)
     _check_labelled(samples.table[request.property], request)
     target = _target(samples.table[request.property].to_numpy(), request)
     features, groups = samples.vectors(), _blocks(samples)

@@ -60,6 +60,15 @@ class Samples:
     missing: list[dict[str, Any]] = field(default_factory=list)
     """{"index": row of the input, "lon", "lat", "reason"} per point without a vector."""
 
+    def require_some(self, store: Path, source: Path | None = None) -> None:
+        """Refuse, in one line, points none of which got a vector (with the first one's reason)."""
+        if self.table.empty:
+            n, of = len(self.missing), f" of {source}" if source else ""
+            raise UserInputError(
+                f"none of the {n} points{of} lies on a written pixel of {store} for {self.period.label} "
+                f"(e.g. {self.missing[0]['reason']}): give points inside the field"
+            )
+
     def vectors(self) -> FloatArray:
         values: FloatArray = self.table[list(BANDS)].to_numpy(np.float32)
         return values
