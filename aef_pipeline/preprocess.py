@@ -43,6 +43,17 @@ class MaskPolicy:
     pixels stay valid: they are what the ground looked like."""
 
 
+# Only pixels without data are invalid: the encoder sees clouds, as the paper's does at inference.
+NODATA_ONLY = MaskPolicy(frozenset({s2.SCL_NODATA}))
+
+
+def mask_policy(mask_clouds: bool) -> MaskPolicy:
+    """The policy of a model spec's `[input] mask_clouds`: clouds, shadows, cirrus and saturated
+    pixels masked (the default MaskPolicy), or only nodata. Unmasked cloudy pixels reach the
+    encoder as they are, and a frame then counts as observed wherever it has data."""
+    return MaskPolicy() if mask_clouds else NODATA_ONLY
+
+
 def preprocess(
     loaded: xr.Dataset,
     scenes: Sequence[SceneInfo],

@@ -33,7 +33,7 @@ from aef_pipeline.load import load_selection, report_read_failures
 from aef_pipeline.lock import store_lock
 from aef_pipeline.model import LoadedModel, ModelSpec, check_weights, load_model, load_spec, provenance_of
 from aef_pipeline.plan import Period, Plan, TileTask, plan_tasks, task_cost
-from aef_pipeline.preprocess import preprocess
+from aef_pipeline.preprocess import mask_policy, preprocess
 from aef_pipeline.report import RunReport, TaskResult, TaskStatus
 from aef_pipeline.search import CatalogConfig, SceneSelection, SceneSource, open_source, search_tile
 from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
@@ -232,7 +232,7 @@ def load_and_encode(
                 chunk_rows=options.read_rows,
                 reader=request.environment.reader,
             )
-            cube = preprocess(loaded, selection.scenes, spec.bands, core=area)
+            cube = preprocess(loaded, selection.scenes, spec.bands, core=area, policy=mask_policy(spec.mask_clouds))
         with result.timed("encode"):  # includes the lazy reads of the reflectance bands
             embeddings = encode_cube(cube, task.period, model.encoder, spec, options, provenance=model.provenance)
     result.read_failures = list(failures)

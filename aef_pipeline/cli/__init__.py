@@ -5,6 +5,8 @@ library function.
     stores.py   info, verify, migrate   (store.describe_store, verify.verify_store, migrate.migrate_store)
     maps.py     sample, classify, evaluate   (maps.sample, maps.classify, maps.protocol)
     views.py    quicklook, similarity, change   (views.quicklook, views.compare)
+    training_set.py  train-set   (training.trainset.build_training_set)
+    train.py    train   (training.engine.train; also under torchrun)
     demo.py     demo-catalog   (testing.build_catalog)
     options.py  the options run and plan share, --config files, the request they make
 
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aef_pipeline import __version__
-from aef_pipeline.cli import demo, fields, maps, stores, views
+from aef_pipeline.cli import demo, fields, maps, stores, train, training_set, views
 from aef_pipeline.cli.options import EXIT_USAGE, with_config
 from aef_pipeline.errors import UserInputError
 
@@ -63,4 +65,6 @@ def _parser() -> argparse.ArgumentParser:
     stores.add_commands(commands)
     maps.add_commands(commands)
     views.add_commands(commands)
+    training_set.add_commands(commands)
+    train.add_commands(commands)
     return parser

@@ -1,7 +1,7 @@
 """The STP encoder: specs (models/*.toml), the network, timecodes and weights."""
 
-from aef_pipeline.model.spec import ModelSpec, load_spec
-from aef_pipeline.model.stp import STPEncoder
+from aef_pipeline.model.spec import ModelSpec, TrainingRecord, load_spec
+from aef_pipeline.model.stp import EncoderFeatures, STPEncoder
 from aef_pipeline.model.weights import (
     CheckpointError,
     LoadedModel,
@@ -16,10 +16,12 @@ from aef_pipeline.model.weights import (
 
 __all__ = [
     "CheckpointError",
+    "EncoderFeatures",
     "LoadedModel",
     "ModelSpec",
     "Provenance",
     "STPEncoder",
+    "TrainingRecord",
     "build_model",
     "check_weights",
     "load_model",

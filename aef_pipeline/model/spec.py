@@ -1,8 +1,9 @@
 """Model specs: one TOML file per STP encoder variant in `models/`, read into a frozen ModelSpec.
 
-A spec carries the model's contract: window geometry, widths, the input bands in order, the
-normalisation constants and their source, and where its weights come from (a safetensors file
-with its sha256, or "untrained, seed N").
+A spec carries the model's contract: window geometry, widths, the input bands in order and
+whether clouds are masked in them, the normalisation constants and their source, and where its
+weights come from (a safetensors file with its sha256, or "untrained, seed N"); a trained spec
+also says which run trained it, for how long, on what.
 """
 
 from __future__ import annotations
@@ -55,6 +56,23 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
+class TrainingRecord:
+    """How a checkpoint was made: the `[training]` table a training run writes into its spec, and
+    what every output's provenance then names."""
+
+    run: str
+    """The run's directory, e.g. "runs/r1"."""
+    steps: int
+    """Optimiser steps taken."""
+    data: str
+    """The training set and its digest, e.g. "train.zarr sha256:..."."""
+    finished: str
+    """When training ended, ISO 8601 UTC."""
+    objective: str = ""
+    """The loss, in words (optional)."""
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One STP encoder variant."""
 
@@ -76,6 +94,12 @@ class ModelSpec:
     timecode: TimecodeSpec
     normalisation: Normalisation
     weights: WeightsSpec
+    mask_clouds: bool = True
+    """`[input] mask_clouds`: whether SCL clouds, shadows, cirrus and saturated pixels are masked
+    in the input (False: only nodata is; the paper masks nothing at inference, the encoder learns
+    to see through clouds and masks only weight its training loss). A spec without it masks."""
+    training: TrainingRecord | None = None
+    """The `[training]` record of trained weights; None for untrained ones."""
     path: Path | None = None
     """The file the spec was read from."""
 
@@ -131,8 +155,28 @@ def _from_toml(raw: dict[str, Any], path: Path) -> ModelSpec:
             tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"]), str(norm["source"])
         ),
         weights=WeightsSpec(str(weights.get("file", "")), str(weights.get("sha256", "")), int(weights["seed"])),
+        mask_clouds=_mask_clouds(raw.get("input", {})),
+        training=_training(raw["training"]) if "training" in raw else None,
         path=path,
     )
+
+
+def _mask_clouds(table: dict[str, Any]) -> bool:
+    value = table.get("mask_clouds", True)  # specs written before the setting existed masked clouds
+    if not isinstance(value, bool):
+        raise TypeError(f"[input] mask_clouds must be true or false, not {value!r}")
+    return value
+
+
+def _training(table: dict[str, Any]) -> TrainingRecord:
+    missing = [key for key in ("run", "steps", "data", "finished") if key not in table]
+    if missing:
+        raise KeyError(f"[training] {missing[0]}")
+    steps = table["steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        raise TypeError(f"[training] steps must be a whole number, not {steps!r}")
+    run, data, finished = (str(table[key]) for key in ("run", "data", "finished"))
+    return TrainingRecord(run, steps, data, finished, str(table.get("objective", "")))
 
 
 def _check(spec: ModelSpec) -> None:
@@ -158,6 +202,11 @@ def _check(spec: ModelSpec) -> None:
         raise UserInputError(
             f"{where}: weights file {spec.weights.file} is not .safetensors: checkpoints load only as safetensors, "
             "never pickle (.pt/.pth/.ckpt can run code when loaded); convert it with safetensors.torch.save_file"
+        )
+    if spec.training and not spec.weights.trained:
+        raise UserInputError(
+            f"{where}: a [training] record (run {spec.training.run}) needs the weights it made: set [weights] file "
+            "and sha256, or remove [training]"
         )
     if spec.weights.file and len(spec.weights.sha256) != 64:
         raise UserInputError(f"{where}: weights file {spec.weights.file} needs its 64-hex-digit sha256")

@@ -16,7 +16,7 @@ from torch import nn
 
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.model.spec import ModelSpec, load_spec
-from aef_pipeline.model.stp import STPEncoder
+from aef_pipeline.model.stp import STPEncoder, initial_constants
 
 
 class CheckpointError(UserInputError):
@@ -29,7 +29,8 @@ class Provenance:
 
     trained: bool
     description: str
-    """"untrained: deterministic initialisation from seed 0" or "weights tiny.safetensors sha256 ..."."""
+    """"untrained: deterministic initialisation from seed 0", or "weights tiny.safetensors sha256
+    ..." followed, when the spec has its training record, by ", trained by run R for N steps on D"."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,11 @@ def check_weights(spec: ModelSpec) -> None:
 def provenance_of(spec: ModelSpec) -> Provenance:
     """Where the spec's weights come from, read from the spec alone (no model is built)."""
     if spec.weights.trained:
-        return Provenance(True, f"weights {Path(spec.weights.file).name} sha256 {spec.weights.sha256}")
+        description = f"weights {Path(spec.weights.file).name} sha256 {spec.weights.sha256}"
+        if spec.training:
+            record = spec.training
+            description += f", trained by run {record.run} for {record.steps} steps on {record.data}"
+        return Provenance(True, description)
     return Provenance(False, f"untrained: deterministic initialisation from seed {spec.weights.seed}")
 
 
@@ -87,11 +92,15 @@ def build_model(spec: ModelSpec) -> tuple[STPEncoder, Provenance]:
 
 def initialise(model: nn.Module, seed: int) -> None:
     """Fill every parameter from a private generator, in name order: the same seed gives the same
-    model on any machine, without touching torch's global random state."""
+    model on any machine, without touching torch's global random state. Parameters the model
+    asks to start at a constant (`stp.initial_constants`) take it and draw nothing."""
     generator = torch.Generator().manual_seed(seed)
+    constants = initial_constants(model)
     with torch.no_grad():
         for name, parameter in sorted(model.named_parameters()):
-            if name.endswith("null"):
+            if name in constants:
+                parameter.fill_(constants[name])
+            elif name.endswith("null"):
                 parameter.normal_(0.0, 0.02, generator=generator)
             elif parameter.ndim == 1:  # biases and norm shifts zero, norm scales one
                 parameter.fill_(1.0 if name.endswith("weight") else 0.0)

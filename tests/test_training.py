@@ -1,0 +1,187 @@
+"""The training engine: a short CPU training on the test bed, resume, torchrun, export -> run --model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from safetensors.torch import load_file
+
+from aef_pipeline.cli import main
+from aef_pipeline.grid import BBox
+from aef_pipeline.model import load_spec
+from aef_pipeline.plan import Period
+from aef_pipeline.search import CatalogConfig
+from aef_pipeline.testing import CatalogSpec, SyntheticCatalog, build_catalog, serve_catalogs
+from aef_pipeline.testing.catalog import write_static_catalog
+from aef_pipeline.training import logbook
+from aef_pipeline.training.checkpoints import latest_checkpoint
+from aef_pipeline.training.engine import TrainRequest, batch_indices, learning_rate, train
+from aef_pipeline.training.trainset import TrainingSetRequest, build_training_set
+from tests.refusals import assert_refused
+
+SITE = BBox(15.057, 46.194, 15.073, 46.206)
+SITE_ARGS = ["15.057", "46.194", "15.073", "46.206"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
+    return build_catalog(tmp_path_factory.mktemp("training-catalog"), "earth-search", CatalogSpec(years=(2021,)))
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, synthetic: SyntheticCatalog) -> Iterator[CatalogConfig]:
+    with serve_catalogs([synthetic], tmp_path_factory.mktemp("training-api")) as url:
+        yield CatalogConfig(url, (synthetic.collection_id,))
+
+
+@pytest.fixture(scope="module")
+def training_set(tmp_path_factory: pytest.TempPathFactory, api: CatalogConfig) -> Path:
+    """One year of the test bed's site, 24 windows of 32 px for `tiny`."""
+    output = tmp_path_factory.mktemp("set") / "train.zarr"
+    report = build_training_set(
+        TrainingSetRequest(SITE, (Period.year(2021),), output, api, windows_per_task=24, max_frames=24)
+    )
+    assert report.finished
+    return output
+
+
+def _request(data: Path, out: Path, **options: object) -> TrainRequest:
+    settings: dict[str, object] = {"steps": 6, "batch_size": 4, "device": "cpu", "progress": False, "eval_every": 3}
+    settings.update(options)
+    return TrainRequest(data=data, model="tiny", out=out, **settings)  # type: ignore[arg-type]
+
+
+def _parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def test_batches_visit_every_window_once_per_epoch_and_repeat_by_seed():
+    seen = np.concatenate([batch_indices(step, 4, 10, seed=3) for step in range(5)])
+    assert sorted(seen[:10].tolist()) == list(range(10))
+    assert sorted(seen[10:20].tolist()) == list(range(10))
+    assert np.array_equal(batch_indices(7, 4, 10, 3), batch_indices(7, 4, 10, 3))
+    assert not np.array_equal(batch_indices(0, 4, 10, 3), batch_indices(0, 4, 10, 4))
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    request = TrainRequest(Path("d"), "tiny", Path("o"), steps=100, learning_rate=1.0, warmup=10)
+    rates = [learning_rate(step, request) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1)
+    assert rates[9] == pytest.approx(1.0)
+    assert rates[10] == pytest.approx(1.0)
+    assert rates[99] == pytest.approx(1 / 90)
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+
+
+def test_a_short_cpu_training_learns(training_set: Path, tmp_path: Path):
+    """CI's training check: every loss finite, the held-out reconstruction L1 of the fixed evaluation
+    batch down by at least 20 % from step 0, the uniformity term down."""
+    report = train(_request(training_set, tmp_path / "run", steps=40, batch_size=8, eval_every=20, learning_rate=3e-3))
+    records = logbook.read(tmp_path / "run")
+    steps = [r for r in records if not r.get("eval")]
+    assert len(steps) == 40
+    assert all(
+        np.isfinite([r[k] for k in ("loss", "reconstruction", "uniformity", "consistency")]).all() for r in steps
+    )
+    first, last = report.first_eval, report.last_eval
+    assert last["reconstruction"] <= 0.8 * first["reconstruction"], (first, last)
+    assert last["uniformity"] < first["uniformity"], (first, last)
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    assert load_spec(report.spec).training is not None
+
+
+def test_resume_continues_bit_identically(training_set: Path, tmp_path: Path):
+    train(_request(training_set, tmp_path / "whole"))
+
+    def interrupt(step: int, losses: dict[str, float]) -> None:
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_request(training_set, tmp_path / "parts", checkpoint_every=100), on_step=interrupt)
+    assert latest_checkpoint(tmp_path / "parts").name == "step-000004"  # type: ignore[union-attr]
+    train(_request(training_set, tmp_path / "parts", resume=True))
+    whole, parts = _parameters(tmp_path / "whole"), _parameters(tmp_path / "parts")
+    assert whole.keys() == parts.keys()
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    steps = [r["step"] for r in logbook.read(tmp_path / "parts") if not r.get("eval")]
+    assert steps == list(range(1, 7))
+
+
+def test_torchrun_with_two_gloo_processes_ends_with_identical_parameters(training_set: Path, tmp_path: Path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        "-m", "aef_pipeline.cli", "train", "--data", str(training_set), "--out", str(out), "--steps", "3",
+        "--batch-size", "4", "--device", "cpu", "--quiet",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    first, second = summary["parameter_sha256_by_rank"]
+    assert first == second
+
+
+def test_an_exported_model_runs_the_pipeline_and_says_it_is_trained(
+    training_set: Path, tmp_path: Path, synthetic: SyntheticCatalog
+):
+    report = train(_request(training_set, tmp_path / "run", steps=2))
+    field = tmp_path / "field.zarr"
+    code = main(
+        ["run", "--stac", str(write_static_catalog(synthetic)), "--bbox", *SITE_ARGS, "--years", "2021",
+         "--out", str(field), "--model", str(report.spec), "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    zone = xr.open_zarr(field, group="33N", consolidated=False)
+    assert bool(zone.attrs["aef:trained"])
+    assert "trained by run" in zone.attrs["aef:model_weights"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (["--steps", "2"], "holds a training run"),
+        (["--steps", "2", "--resume", "--seed", "1"], "was started with seed"),
+        (["--steps", "2", "--resume", "--model", "paper"], "px windows but model paper"),
+        (["--minutes", "0"], "--minutes 0"),
+        (["--steps", "1", "--batch-size", "1"], "--batch-size 1"),
+    ],
+)
+def test_refusals_touch_nothing(extra, phrase, trained_once: Path, training_set: Path, capsys):
+    argv = ["train", "--data", str(training_set), "--out", str(trained_once), "--quiet", "--batch-size", "4", *extra]
+    assert_refused(argv, phrase, trained_once.parent, capsys)
+
+
+@pytest.fixture(scope="module")
+def trained_once(training_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trained-once") / "run"
+    train(_request(training_set, out, steps=1))
+    return out
+
+
+def test_refusals_of_data_and_devices(training_set: Path, tmp_path: Path, capsys):
+    new = ["--out", str(tmp_path / "new"), "--steps", "1", "--quiet"]
+    assert_refused(["train", "--data", str(tmp_path), *new], "training set", tmp_path, capsys)
+    assert_refused(["train", "--data", str(training_set), *new, "--device", "cuda"], "GPU", tmp_path, capsys)
+    assert not (tmp_path / "new").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
