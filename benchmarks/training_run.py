@@ -235,7 +235,7 @@ def field_quality(
     )
     began = time.perf_counter()
     models = {"untrained": "tiny", "trained": str(work / "run" / "model.toml")}
-    quality = {name: field_measures(path, seed) for name, path in fields.items()}
+    quality = {name: field_measures(path, bbox, seed) for name, path in fields.items()}
     for name, model in models.items():
         quality[name]["teacher_student"] = teacher_student(model, windows, seed)
     what = "aef_pipeline.training.quality on both fields and encoders (python API)"
@@ -243,9 +243,9 @@ def field_quality(
     return quality
 
 
-def field_measures(path: Path, seed: int) -> dict[str, float]:
+def field_measures(path: Path, bbox: list[float], seed: int) -> dict[str, float]:
     """Seam ratio (16 px window cores), 2 px lattice ratio, and neighbour cosine inside parcels,
-    on the field cropped to start at a window-core boundary of the UTM grid."""
+    on the field under the site's bbox, cropped to start at a window-core boundary of the UTM grid."""
     from aef_pipeline import open_embeddings
     from aef_pipeline.encode import seam_ratio
     from aef_pipeline.model import load_spec
@@ -253,7 +253,7 @@ def field_measures(path: Path, seed: int) -> dict[str, float]:
     from aef_pipeline.training.quality import lattice_ratio, neighbour_cosine_within, parcel_ids, unit_vectors
 
     core = load_spec("tiny").core
-    ds = open_embeddings(path, period=YEAR)
+    ds = open_embeddings(path, bbox=(bbox[0], bbox[1], bbox[2], bbox[3]), period=YEAR)
     vectors = ds["embedding"].isel(time=0).transpose("band", "y", "x")
     x, y = ds["x"].values, ds["y"].values
     row, col = core_anchor(x, y, core)

@@ -7,6 +7,7 @@ torchrun --nproc-per-node 4 -m aef_pipeline.cli train --data train.zarr --model 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ def add_commands(commands: Any) -> None:
     train.add_argument("--seed", type=int, default=0, help="initialisation, data order and every random draw")
     train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
     train.add_argument("--device", default="auto", help="auto (this process's GPU, else CPU), cpu, cuda or cuda:N")
+    train.add_argument("--text", type=Path, help="text vectors at points and times (GeoParquet...): adds a CLIP term")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=train_command)
@@ -49,12 +51,15 @@ def train_command(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         device=args.device,
         progress=not args.quiet,
+        text=args.text,
     )
     try:
         report = train(request)
     except KeyboardInterrupt:
         print(f"aef-pipeline: interrupted; the last step is checkpointed in {args.out}: add --resume to go on")
         return EXIT_INTERRUPTED
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun the first process speaks for all
     first, last = report.first_eval, report.last_eval
     change = {k: f"{first[k]:.4g} -> {last[k]:.4g}" for k in last if k in first}
     print(f"trained {report.steps} steps ({report.windows_per_second:.2f} windows/s); fixed evaluation batch: {change}")

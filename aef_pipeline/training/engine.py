@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.model.spec import ModelSpec, Normalisation, load_spec
 from aef_pipeline.model.stp import STPEncoder
+from aef_pipeline.model.timecode import timecode
 from aef_pipeline.model.weights import initialise
 from aef_pipeline.training import logbook
 from aef_pipeline.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -41,12 +42,15 @@ from aef_pipeline.training.objectives import (
     VMF_KAPPA,
     ImplicitDecoder,
     LossWeights,
+    TextHead,
     batch_uniformity,
+    clip_loss,
     consistency,
     period_fraction,
     reconstruction_loss,
     sample_vmf,
 )
+from aef_pipeline.training.text import TextPairs, TextTable, match_texts, read_text_table
 from aef_pipeline.training.trainset import TrainingSet, open_training_set
 from aef_pipeline.training.views import FrameBatch, StepViews, TargetPolicy, collate, split_views
 
@@ -83,6 +87,8 @@ class TrainRequest:
     eval_every: int = 50
     device: str = "auto"
     targets: TargetPolicy = field(default_factory=TargetPolicy)
+    text: Path | None = None
+    """Text vectors at points and times (training/text.py): adds the CLIP term; off without."""
     progress: bool = True
 
 
@@ -103,10 +109,12 @@ class TrainReport:
 class TrainingModule(nn.Module):
     """The encoder and its implicit decoder; forward computes the paper's loss terms for one step."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, text_dim: int | None = None) -> None:
         super().__init__()
         self.encoder = STPEncoder(spec)
         self.decoder = ImplicitDecoder(embedding_dim=spec.output_dim, bands=len(spec.bands), hidden=decoder_width(spec))
+        code = 4 * spec.timecode.frequencies  # the period's start and end, sin and cos
+        self.text = TextHead(text_dim, code, embedding_dim=spec.output_dim) if text_dim else None
 
     def forward(self, views: StepViews, noise: torch.Generator) -> dict[str, torch.Tensor]:
         teacher, student = views.teacher, views.student
@@ -116,11 +124,25 @@ class TrainingModule(nn.Module):
         mu_student = self.encoder.summarise(
             self.encoder.features(student.x, student.valid, student.t_ms), views.consistency_ms
         )
-        return {
+        terms = {
             "reconstruction": self._reconstruction(mu.float(), views.targets, noise),
             "uniformity": batch_uniformity(mu.float()),
             "consistency": consistency(mu_period.float(), mu_student.float()),
         }
+        if self.text is not None:
+            terms["text"] = self._text_alignment(mu.float(), teacher.support_ms, views.text)
+        return terms
+
+    def _text_alignment(self, mu: torch.Tensor, support_ms: torch.Tensor, pairs: TextPairs | None) -> torch.Tensor:
+        """CLIP loss of the texts in this batch's windows; with none, a zero that still reaches every
+        parameter of the head (DDP needs a gradient, even zero, for each parameter on every rank)."""
+        assert self.text is not None
+        code = timecode(support_ms, self.encoder.spec.timecode).reshape(mu.shape[0], -1)
+        if pairs is None or pairs.window.numel() == 0:
+            unused: torch.Tensor = self.text(mu.new_zeros(1, mu.shape[1]), code[:1])
+            return 0.0 * unused.sum()
+        predicted = self.text(mu[pairs.window, :, pairs.row, pairs.col], code[pairs.window])
+        return clip_loss(predicted, pairs.vectors)
 
     def _reconstruction(self, mu: torch.Tensor, targets: FrameBatch, noise: torch.Generator) -> torch.Tensor:
         """L1 of the held-out frames decoded from a vMF sample around the embedding."""
@@ -173,17 +195,18 @@ def _train(request: TrainRequest, world: World, on_step: Callable[[int, dict[str
         )
     data = open_training_set(request.data)
     spec = training_spec(request.model, data)
-    identity = run_identity(request, spec, data)
+    texts = read_text_table(request.text) if request.text else None
+    identity = {**run_identity(request, spec, data), "text_sha256": texts.sha256 if texts else None}
     start_fresh = prepare_run_dir(request, identity, world)
     torch.manual_seed(request.seed)  # only DDP's own buffers draw from it; our draws are seeded per step
-    module = TrainingModule(spec)
+    module = TrainingModule(spec, texts.dim if texts else None)
     initialise(module, request.seed)
     module.encoder.checkpointing = spec.depth > 4 and world.device.type == "cuda"
     module.to(world.device)
     optimizer = make_optimizer(module, request)
     step = 0 if start_fresh else _resume(request.out, module, optimizer)
     wrapped: nn.Module = DistributedDataParallel(module) if world.distributed else module
-    loop = _Loop(request, world, spec, data, module, wrapped, optimizer)
+    loop = _Loop(request, world, spec, data, texts, module, wrapped, optimizer)
     return loop.run(step, on_step)
 
 
@@ -222,8 +245,10 @@ def run_identity(request: TrainRequest, spec: ModelSpec, data: TrainingSet) -> d
 
 
 def prepare_run_dir(request: TrainRequest, identity: dict[str, Any], world: World) -> bool:
-    """Check the run directory against the request; True when the run starts from step 0."""
+    """Check the run directory against the request; True when the run starts from step 0. Every
+    rank reads before the leader writes: a rank that looked later would find the new run."""
     out, recorded = request.out, _recorded_identity(request.out)
+    fresh = recorded is None or latest_checkpoint(out) is None
     if recorded is None and out.exists() and any(out.iterdir()):
         raise UserInputError(f"--out {out} holds other files, not a training run: choose an empty or new directory")
     if recorded is not None and not request.resume:
@@ -234,12 +259,12 @@ def prepare_run_dir(request: TrainRequest, identity: dict[str, Any], world: Worl
         raise UserInputError(f"--resume: {out} holds no training run to continue; leave out --resume to start one")
     if recorded is not None:
         _check_same_run(out, recorded, identity)
-        return latest_checkpoint(out) is None
-    if world.leader:
+    barrier(world)
+    if recorded is None and world.leader:
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_FILE).write_text(json.dumps(identity, indent=1))
     barrier(world)
-    return True
+    return fresh
 
 
 def _recorded_identity(out: Path) -> dict[str, Any] | None:
@@ -322,11 +347,12 @@ class _Loop:
         world: World,
         spec: ModelSpec,
         data: TrainingSet,
+        texts: TextTable | None,
         module: TrainingModule,
         wrapped: nn.Module,
         optimizer: torch.optim.Optimizer,
     ) -> None:
-        self.request, self.world, self.spec, self.data = request, world, spec, data
+        self.request, self.world, self.spec, self.data, self.texts = request, world, spec, data, texts
         self.module, self.wrapped, self.optimizer = module, wrapped, optimizer
         self.weights = LossWeights()
         self.first_eval: dict[str, float] = {}
@@ -424,8 +450,11 @@ class _Loop:
         else:
             chosen = np.arange(min(EVAL_WINDOWS, len(self.data)))
             generator = np.random.default_rng([request.seed, 0, 0, 99])
-        batch = collate([self.data.window_at(int(i)) for i in chosen], self.spec)
-        return _to_device(split_views(batch, generator, request.targets), world.device)
+        windows = [self.data.window_at(int(i)) for i in chosen]
+        views = split_views(collate(windows, self.spec), generator, request.targets)
+        if self.texts is not None:
+            views = dataclasses.replace(views, text=match_texts(self.texts, windows, self.spec.window))
+        return _to_device(views, world.device)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         """The loss terms on the fixed evaluation batch: the same windows and views at every step,
@@ -448,7 +477,7 @@ class _Loop:
         if self.world.leader:
             logbook.append(request.out, {"step": step, **losses})
             bar.update(1)
-            bar.set_postfix({k: f"{losses[k]:.3g}" for k in ("reconstruction", "uniformity", "consistency")})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in logbook.TERMS})
         if step % request.eval_every == 0:
             self.last_eval = self._evaluate(step)
         if step % request.checkpoint_every == 0:
@@ -507,6 +536,7 @@ def _to_device(views: StepViews, device: torch.device) -> StepViews:
         targets=move(views.targets),
         consistency_ms=views.consistency_ms.to(device),
         perturbation=views.perturbation,
+        text=None if views.text is None else TextPairs(*(t.to(device) for t in dataclasses.astuple(views.text))),
     )
 
 

@@ -329,6 +329,10 @@ class TrainingWindow:
     """(T,) int64: acquisition times in milliseconds since the epoch, increasing."""
     period_ms: tuple[int, int]
     """The support period [start, end) in milliseconds: the task's period."""
+    transform: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    """Affine (a, b, c, d, e, f) of the window's pixel corners: x = a col + b row + c, y = d col + e row + f."""
+    crs: str = ""
+    """The window's CRS ("EPSG:32633")."""
 
 
 class TrainingSet:
@@ -364,12 +368,14 @@ class TrainingSet:
             clear=np.asarray(arrays["clear"][slot, :n]),
             t_ms=np.asarray(arrays["time_ms"][slot, :n]),
             period_ms=(int(start), int(end)),
+            transform=tuple(float(v) for v in np.asarray(arrays["transform"][slot])),
+            crs=str(arrays["crs"][slot]),
         )
 
     def _arrays(self) -> dict[str, zarr.Array[Any]]:
         # Opened per process: zarr's I/O runs on an event loop thread that a fork does not copy.
         if self._opened is None or self._opened[0] != os.getpid():
-            names = ("dn", "clear", "time_ms", "period_ms")
+            names = ("dn", "clear", "time_ms", "period_ms", "transform", "crs")
             self._opened = (os.getpid(), {name: open_array(self.path, name) for name in names})
         return self._opened[1]
 

@@ -32,6 +32,7 @@ from aef_pipeline.encode import normalise
 from aef_pipeline.model.spec import ModelSpec
 from aef_pipeline.model.timecode import MS_PER_DAY
 from aef_pipeline.sentinel2 import QUANTIFICATION
+from aef_pipeline.training.text import TextPairs
 from aef_pipeline.training.trainset import TrainingWindow
 
 # The paper's shortest summary period: "> 4 days".
@@ -91,6 +92,8 @@ class StepViews:
     """(B, 2) int64: the period teacher and student both summarise for the consistency term."""
     perturbation: torch.Tensor
     """(B,) int64: the Perturbation drawn for each window."""
+    text: TextPairs | None = None
+    """Text vectors at pixels of the windows, when the run aligns with text."""
 
 
 def collate(windows: list[TrainingWindow], spec: ModelSpec) -> FrameBatch:
