@@ -420,7 +420,7 @@ class _Loop:
             group["lr"] = learning_rate(step, self.request)
         views = self._views(step, train=True)
         _, noise = step_generators(self.request.seed, step, self.world.rank, self.world.device)
-        with _autocast(self.world.device):
+        with autocast_for(self.world.device):
             terms = self.wrapped(views, noise)
         loss = self._total(terms)
         self.optimizer.zero_grad(set_to_none=True)
@@ -454,7 +454,7 @@ class _Loop:
         views = split_views(collate(windows, self.spec), generator, request.targets)
         if self.texts is not None:
             views = dataclasses.replace(views, text=match_texts(self.texts, windows, self.spec.window))
-        return _to_device(views, world.device)
+        return to_device(views, world.device)
 
     def _evaluate(self, step: int) -> dict[str, float]:
         """The loss terms on the fixed evaluation batch: the same windows and views at every step,
@@ -463,7 +463,7 @@ class _Loop:
         views = self._views(step, train=False)
         noise = torch.Generator(device=self.world.device).manual_seed(self.request.seed + 99)
         # Under DDP every rank holds this same batch: the gathered uniformity pairs the same windows.
-        with torch.no_grad(), _autocast(self.world.device):
+        with torch.no_grad(), autocast_for(self.world.device):
             terms = self.module(views, noise)
         values = {name: float(value) for name, value in terms.items()}
         if self.world.leader:
@@ -526,7 +526,7 @@ def _first_eval(run_dir: Path) -> dict[str, float]:
     return {k: v for k, v in first.items() if k not in ("step", "eval")}
 
 
-def _to_device(views: StepViews, device: torch.device) -> StepViews:
+def to_device(views: StepViews, device: torch.device) -> StepViews:
     def move(batch: FrameBatch) -> FrameBatch:
         return FrameBatch(*(getattr(batch, f.name).to(device) for f in dataclasses.fields(FrameBatch)))
 
@@ -540,6 +540,6 @@ def _to_device(views: StepViews, device: torch.device) -> StepViews:
     )
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def autocast_for(device: torch.device) -> torch.autocast:
     # bf16 on CUDA (tensor cores); float32 on CPU, where bf16 is slower and less exact.
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
