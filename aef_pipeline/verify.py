@@ -3,9 +3,10 @@
 For each completion record (found by listing the record chunks, so a zone-wide group costs what
 it holds): it sits where its tile is, it names the store's model and weights, the stored values
 hash to the checksum written with them, pixels are nodata exactly where no frame was observed
-(and outside the areas the record lists), and observed vectors have unit norm within the
-storage's rounding. For a finalised store, also: the consolidated metadata matches the groups,
-and the STAC catalog beside the store describes what is written (its Items and extents).
+(and outside the areas the record lists), observed vectors have unit norm within the
+storage's rounding, and every overview level of the tile equals what its level 0 gives. For a
+finalised store, also: the consolidated metadata matches the groups, and the STAC catalog beside
+the store describes what is written (its Items and extents).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from aef_pipeline.store import (
     NODATA_INT8,
     dequantise,
     is_finalised,
+    overview_blocks,
+    overview_group,
+    overview_levels,
     required_zones,
     shard_digest,
     tile_index,
@@ -79,6 +83,29 @@ def _check_records(path: Path, zone: str, attrs: dict[str, Any], result: Verific
             stored = np.asarray(embedding[index, rows, cols, :]), np.asarray(observations[index, rows, cols])
             result.checked += 1
             result.problems += [f"{tile} period {index}: {p}" for p in _check(text, tile, attrs, *stored)]
+            stale = _stale_levels(path, zone, index, (rows, cols), *stored, overview_levels(attrs))
+            result.problems += [f"{tile} period {index}: overview level {k} does not match level 0" for k in stale]
+
+
+def _stale_levels(
+    path: Path, zone: str, index: int, region: tuple[slice, slice], values: np.ndarray, counts: np.ndarray, levels: int
+) -> list[int]:
+    """The overview levels whose block of this tile-period differs from what its stored level 0
+    gives (the computation is deterministic: equal means written from these values)."""
+    rows, cols = region
+    stale = []
+    for level, (want, want_counts) in enumerate(overview_blocks(values, counts, levels), start=1):
+        factor, group = 2**level, path / overview_group(zone, level)
+        where = (
+            index,
+            slice(rows.start // factor, rows.stop // factor),
+            slice(cols.start // factor, cols.stop // factor),
+        )
+        got = np.asarray(zarr.open_array(str(group / "embedding"), mode="r")[(*where, slice(None))])
+        got_counts = np.asarray(zarr.open_array(str(group / "observations"), mode="r")[where])
+        if not (np.array_equal(got, want, equal_nan=True) and np.array_equal(got_counts, want_counts)):
+            stale.append(level)
+    return stale
 
 
 def _metadata_problems(path: Path, zones: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ world, evaluated on another site next to the untrained encoder and the raw-pixel
     python benchmarks/training_run.py --work runs/doc --minutes 25 [--size-km 4.8] [--seed 0]
 
 Steps, each printed as the `aef-pipeline` command a user would type, with its wall time:
-  a. demo-catalog of the training site A and of the evaluation site B (about 24 km apart)
+  a. demo-catalog of the training site A and of the evaluation site B (about 22 km apart)
   b. train-set on site A (a few hundred 32 px windows)
   c. a 20-step calibration run, then train for the budget: --steps sized from the measured step
      time, so the learning rate decays linearly to zero as the budget ends (--minutes as a guard)
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 SITE_A = (15.065, 46.2)  # demo-catalog's default site: the training site
-SITE_B = (15.30, 46.32)  # about 24 km north-east: the evaluation site, never seen in training
+SITE_B = (15.30, 46.32)  # about 22 km north-east: the evaluation site, never seen in training
 YEAR = "2022"
 CALIBRATION_STEPS = 20
 # Of the budget, what the sized schedule may use: evaluations every 50 steps and the final

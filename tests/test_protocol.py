@@ -222,6 +222,10 @@ def points(n: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rng.normal(size=(n, 3)), np.arange(n) % 2, np.arange(n) < n // 2
 
 
+def named(codes: np.ndarray) -> np.ndarray:
+    return np.asarray([("a", "b", "c")[c] for c in codes], dtype=object)
+
+
 def all_nan_in_one(x: np.ndarray) -> dict[str, np.ndarray]:
     return {"good": x, "empty.zarr": np.full_like(x, np.nan)}
 
@@ -243,6 +247,8 @@ def disjoint(x: np.ndarray) -> dict[str, np.ndarray]:
         (lambda x, y, t: (all_nan_in_one(x), y, t, "classification"), "'empty.zarr' has no data"),
         (lambda x, y, t: (disjoint(x), y, t, "classification"), "no point has data in every featurisation"),
         (lambda x, y, t: ({"f": x}, np.where(t, 0, np.arange(len(y)) % 3), t, "classification"), "class 1 has test"),
+        # class names as read from a vector file: Python strings in an object array
+        (lambda x, y, t: ({"f": x}, named(np.where(t, 0, np.arange(len(y)) % 3)), t, "classification"), "'b' has test"),
         (lambda x, y, t: ({"f": x}, y, t.astype(int), "classification"), "training mask has dtype int"),
         (lambda x, y, t: ({}, y, t, "classification"), "no featurisations"),
     ],

@@ -327,18 +327,23 @@ def _check_splits(n_pool: int, n_test: int, n_dropped: int) -> None:
         raise UserInputError(f"no test points{dropped}; leave some points with train=False as the test split")
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar as a Python value; class names read from files are often already Python str."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _class_codes(y: NDArray[Any], pool: IndexArray) -> IndexArray:
     """Codes 0..C-1 of the sorted classes, once every class is known to have training points."""
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise UserInputError(
-            f"the target has a single class {classes[0].item()!r} at the {len(y)} usable points: "
+            f"the target has a single class {_plain(classes[0])!r} at the {len(y)} usable points: "
             "balanced accuracy needs at least two; label points of another class too"
         )
     missing = np.setdiff1d(np.arange(len(classes)), codes[pool])
     if len(missing):
         raise UserInputError(
-            f"class {classes[missing[0]].item()!r} has test points but none in the training pool "
+            f"class {_plain(classes[missing[0]])!r} has test points but none in the training pool "
             f"(classes without training points: {classes[missing].tolist()}); add training points for it or drop it"
         )
     return codes

@@ -31,6 +31,10 @@ from torch import nn
 from aef_pipeline.model.weights import CheckpointError
 
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, LATEST = "model.safetensors", "optimizer.safetensors", "state.json", "latest"
+RNG = (
+    "per step and rank: views numpy.random.default_rng([seed, step, rank, 1]); vMF noise torch.Generator seeded "
+    "by numpy.random.default_rng([seed, step, rank, 2]); data order numpy.random.default_rng([seed, epoch])"
+)
 KEEP = 2
 """Complete checkpoints kept; older ones are removed once a newer one is in place."""
 
@@ -48,6 +52,8 @@ class TrainingState:
     """sha256 of each tensor file."""
     param_groups: list[dict[str, Any]]
     """The optimizer's hyper-parameters (no tensors)."""
+    rng: str = RNG
+    """How every random draw is seeded: the step number is all the random state there is."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

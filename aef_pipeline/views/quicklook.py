@@ -6,8 +6,11 @@
 The three principal components are fitted on vectors drawn from every written tile of every
 zone group, and stretched by the 2nd-98th percentiles of that same sample, so every tile and
 zone shares one colour scale (a PCA per tile would shift colours at tile edges). The picture is
-the field averaged over blocks of 2^k pixels (mean of the unit vectors, re-normalised), computed
-chunk by chunk on dask, so memory follows `max_size`, not the area. Nodata is transparent.
+the field averaged over blocks of 2^k pixels (mean of the unit vectors, re-normalised): read from
+the coarsest stored overview level that still gives `max_size` pixels (a 100 km field at 2048 px
+reads level 3, 1/64 of the field), averaged further on dask where the levels stop, so what is
+read and held follows `max_size`, not the area. The PCA sample comes from that same level. A
+store without overviews is averaged from full resolution. Nodata is transparent.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from PIL.PngImagePlugin import PngInfo
 from sklearn.decomposition import PCA
 
 from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import TILE_PIXELS
 from aef_pipeline.maps.classify import mosaic
 from aef_pipeline.maps.sample import choose_period, vectors_as_float
 from aef_pipeline.plan import Period
 from aef_pipeline.store import (
     CHUNK_PX,
+    OVERVIEW_CHUNK_PX,
     READ_CHUNK_PX,
     open_embeddings,
+    overview_group,
+    overview_levels,
     store_periods,
     written_areas,
     written_part,
@@ -64,12 +71,17 @@ def quicklook(store: Path, period: Period | str | None = None, *, max_size: int 
     zones = [zone for zone in zones_with(store, chosen) if written_areas(store, zone, chosen)]
     if not zones:
         raise UserInputError(f"{store} has no finished tile for {chosen.label}: run `aef-pipeline run` first")
-    sample = _sample(store, zones, chosen, seed)
+    full = [written_part(open_embeddings(store, z, period=chosen).isel(time=0), store, z, chosen) for z in zones]
+    block = _block_px(_extent_px(full), max_size)  # opening is lazy: no pixel read so far
+    level = _level(block, min(overview_levels(zone_attrs(store, z) or {}) for z in zones))
+    sample = _sample(store, zones, chosen, seed, level)
     pca = PCA(n_components=3, random_state=seed).fit(sample)
     low, high = _stretch(pca, sample)
-    fields = {z: written_part(open_embeddings(store, z, period=chosen).isel(time=0), store, z, chosen) for z in zones}
-    block = _block_px(_extent_px(list(fields.values())), max_size)
-    pictures = [_components(ds, pca, block) for ds in fields.values()]
+    fields = [
+        written_part(open_embeddings(store, z, period=chosen, level=level).isel(time=0), store, z, chosen)
+        for z in zones
+    ]
+    pictures = [_components(ds, pca, block >> level, 10.0 * 2**level) for ds in fields]
     picture = pictures[0] if len(pictures) == 1 else mosaic(pictures, str(pictures[0].rio.crs), _resolution(block))
     rgba = _rgba(picture, low, high)
     attrs = zone_attrs(store, zones[0]) or {}
@@ -96,16 +108,24 @@ def save_png(look: Quicklook, out: Path) -> None:
     partial.replace(out)
 
 
-def _sample(store: Path, zones: list[str], period: Period, seed: int) -> NDArray[np.float32]:
-    """Valid vectors from up to SAMPLE_CHUNKS stored chunks drawn from the written areas of every
-    tile and zone (chunks of a tile that no run computed hold nothing to sample)."""
+def _level(block: int, levels: int) -> int:
+    """The coarsest overview level whose pixels fit in a picture pixel of `block` field pixels."""
+    return min(levels, int(math.log2(block)))
+
+
+def _sample(store: Path, zones: list[str], period: Period, seed: int, level: int = 0) -> NDArray[np.float32]:
+    """Valid vectors from up to SAMPLE_CHUNKS stored chunks of overview `level`, drawn from the
+    written areas of every tile and zone (chunks of a tile that no run computed hold nothing to
+    sample)."""
+    factor = 2**level
+    chunk = CHUNK_PX if level == 0 else min(OVERVIEW_CHUNK_PX, TILE_PIXELS // factor)
     candidates = sorted(
         {
             (zone, r, c)
             for zone in zones
             for r0, r1, c0, c1 in written_areas(store, zone, period)
-            for r in range(r0 // CHUNK_PX * CHUNK_PX, r1, CHUNK_PX)
-            for c in range(c0 // CHUNK_PX * CHUNK_PX, c1, CHUNK_PX)
+            for r in range(r0 // factor // chunk * chunk, -(-r1 // factor), chunk)
+            for c in range(c0 // factor // chunk * chunk, -(-c1 // factor), chunk)
         }
     )
     rng = np.random.default_rng(seed)
@@ -113,7 +133,7 @@ def _sample(store: Path, zones: list[str], period: Period, seed: int) -> NDArray
     opened = {  # per zone: the period's time index, the array and its storage (opened once each)
         zone: (
             store_periods(store, zone).index(period),
-            zarr.open_array(str(store / zone / "embedding"), mode="r"),
+            zarr.open_array(str(store / overview_group(zone, level) / "embedding"), mode="r"),
             (zone_attrs(store, zone) or {})["aef:storage"],
         )
         for zone in zones
@@ -122,7 +142,7 @@ def _sample(store: Path, zones: list[str], period: Period, seed: int) -> NDArray
     for i in sorted(picked):
         zone, r0, c0 = candidates[i]
         index, embedding, storage = opened[zone]
-        stored = np.asarray(embedding[index, r0 : r0 + CHUNK_PX, c0 : c0 + CHUNK_PX])
+        stored = np.asarray(embedding[index, r0 : r0 + chunk, c0 : c0 + chunk])
         floats = vectors_as_float(stored.reshape(-1, stored.shape[-1]), storage)
         vectors.append(floats[np.isfinite(floats).all(axis=1)])
     sample = np.concatenate(vectors)
@@ -159,15 +179,18 @@ def _resolution(block: int) -> float:
     return 10.0 * block
 
 
-def _components(field: xr.Dataset, pca: PCA, block: int) -> xr.Dataset:
-    """The three components of the block-averaged, re-normalised field; NaN where nothing is valid."""
+def _components(field: xr.Dataset, pca: PCA, block: int, resolution: float = 10.0) -> xr.Dataset:
+    """The three components of the field (pixels of `resolution` m) averaged over `block` x `block`
+    pixels and re-normalised; NaN where nothing is valid. Beyond the overviews, a block's mean
+    weighs each overview pixel alike, whatever number of valid pixels it stands for."""
     embedding = field.embedding.transpose("y", "x", "band")
     if block > 1:
-        left, top = float(field.x[0]) - 5.0, float(field.y[0]) + 5.0  # the region's corner (10 m pixels)
+        half = resolution / 2
+        left, top = float(field.x[0]) - half, float(field.y[0]) + half  # the region's corner
         embedding = embedding.coarsen(y=block, x=block, boundary="pad").mean()
         embedding = embedding / np.sqrt((embedding**2).sum("band"))
         # A padded last block's mean coordinate is off the grid: centres of the coarse grid instead.
-        step = 10.0 * block
+        step = resolution * block
         embedding = embedding.assign_coords(
             x=left + (np.arange(embedding.sizes["x"]) + 0.5) * step,
             y=top - (np.arange(embedding.sizes["y"]) + 0.5) * step,

@@ -1,0 +1,194 @@
+"""Overviews (issue 19): each level is the re-normalised mean of the pixels under it, one tile's
+block of a level is whole shards, a quicklook reads only the level it needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from affine import Affine
+
+from aef_pipeline.errors import UserInputError
+from aef_pipeline.grid import TILE_PIXELS, TileId
+from aef_pipeline.plan import Period
+from aef_pipeline.store import (
+    MULTISCALES_CONVENTION,
+    OVERVIEW_LEVELS,
+    create_store,
+    finalize,
+    open_embeddings,
+    overview_group,
+    tile_region,
+    write_tile,
+    zone_attrs,
+)
+from aef_pipeline.verify import verify_store
+from aef_pipeline.views.quicklook import quicklook
+from tests.test_store import LAYOUT, RECORD, TILES, _window
+
+YEAR = Period.year(2022)
+SIZE = 256  # px of each tile written: a window is enough, and quick
+
+
+@pytest.fixture(scope="module")
+def one_tile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("overviews") / "field.zarr"
+    create_store(path, TILES[:1], [YEAR], LAYOUT)
+    write_tile(path, TILES[0], YEAR, _window(TILES[0], 1, SIZE), RECORD)
+    finalize(path)
+    return path
+
+
+def _reference(full: np.ndarray, factor: int) -> np.ndarray:
+    """The re-normalised mean of the valid (y, x, band) vectors over factor x factor blocks."""
+    rows, cols, bands = full.shape
+    blocks = full.reshape(rows // factor, factor, cols // factor, factor, bands)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(blocks, axis=(1, 3))
+        unit: np.ndarray = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+    return unit
+
+
+@pytest.fixture(scope="module")
+def written(one_tile: Path) -> xr.Dataset:
+    """Level 0 of the written window (SIZE px, a multiple of the coarsest block), in memory."""
+    return open_embeddings(one_tile).isel(time=0, y=slice(0, SIZE), x=slice(0, SIZE)).load()
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.parametrize("level", range(1, OVERVIEW_LEVELS + 1))
+def test_each_level_is_the_renormalised_mean_of_the_pixels_it_covers(
+    one_tile: Path, written: xr.Dataset, level: int
+) -> None:
+    factor, part = 2**level, SIZE // 2**level
+    coarse = open_embeddings(one_tile, level=level).isel(time=0)
+    assert coarse.sizes["y"] == coarse.sizes["x"] == TILE_PIXELS // factor
+    got = coarse.embedding.transpose("y", "x", "band").values
+    want = _reference(written.embedding.transpose("y", "x", "band").values, factor)
+    assert np.array_equal(np.isnan(got[:part, :part]), np.isnan(want))  # nodata: the blocks with no valid pixel
+    assert np.nanmax(np.abs(got[:part, :part] - want)) <= 0.0079  # the int8 rounding of the overview itself
+    # The 16 px nodata corner: nodata up to 16 x 16 blocks, a mean of the rest beyond.
+    assert np.isnan(got[0, 0]).all() == (factor <= 16)
+    assert np.isnan(got[part:]).all()  # never written: nodata
+    assert np.isnan(got[:, part:]).all()
+    counts = open_embeddings(one_tile, level=level, as_stored=True).observations.isel(time=0).values
+    plain = written.observations.values.astype(np.int64)
+    assert np.array_equal(counts[:part, :part], plain.reshape(part, factor, part, factor).sum(axis=(1, 3)))
+    assert not counts[part:].any()
+    # Pixel centres of the coarse grid: the mean of the centres under each pixel, same CRS.
+    assert np.allclose(coarse.x.values[:part], written.x.values.reshape(-1, factor).mean(axis=1))
+    assert np.allclose(coarse.y.values[:part], written.y.values.reshape(-1, factor).mean(axis=1))
+    assert coarse.rio.crs == written.rio.crs
+    assert coarse.rio.transform() == written.rio.transform() * Affine.scale(factor)
+
+
+def test_a_level_opens_a_bbox_like_level_zero(one_tile: Path) -> None:
+    box = TILES[0].geobox.extent.to_crs("EPSG:4326").boundingbox
+    bbox = (box.left + 0.01, box.bottom + 0.01, box.left + 0.03, box.top - 0.01)
+    fine, coarse = open_embeddings(one_tile, bbox=bbox), open_embeddings(one_tile, bbox=bbox, level=3)
+    # The coarse pixels touching the region: they cover it, and overhang it by less than one pixel.
+    assert coarse.x.values[0] - 40 <= fine.x.values[0] - 5 < coarse.x.values[0] + 40
+    assert coarse.x.values[-1] - 40 < fine.x.values[-1] + 5 <= coarse.x.values[-1] + 40
+    assert coarse.y.values[0] + 40 >= fine.y.values[0] + 5 > coarse.y.values[0] - 40
+    assert coarse.embedding.dtype == np.float32
+    assert coarse.attrs["aef:overview_factor"] == 8
+
+
+def test_the_pyramid_follows_the_multiscales_convention_and_each_tile_is_whole_shards(one_tile: Path) -> None:
+    attrs = zone_attrs(one_tile, "33N") or {}
+    assert dict(MULTISCALES_CONVENTION) in attrs["zarr_conventions"]
+    layout = attrs["multiscales"]["layout"]
+    assert [entry["asset"] for entry in layout] == [
+        "embedding",
+        *(f"overviews/{k}/embedding" for k in range(1, OVERVIEW_LEVELS + 1)),
+    ]
+    for level, entry in enumerate(layout):
+        array = zarr.open_array(str(one_tile / "33N" / entry["asset"]), mode="r")
+        assert list(array.shape[1:3]) == entry["spatial:shape"]
+        assert entry["spatial:transform"][0] == 10.0 * 2**level
+        if level:
+            assert entry["derived_from"] == layout[level - 1]["asset"]
+            assert entry["transform"]["scale"] == [2.0, 2.0]
+            group_attrs = zone_attrs(one_tile, overview_group("33N", level)) or {}
+            assert group_attrs["spatial:transform"] == entry["spatial:transform"]
+        # One tile-period's block of the level is exactly one shard, on shard boundaries, of whole chunks.
+        block = TILE_PIXELS // 2**level
+        assert array.shards == (1, block, block, 64)
+        assert block % array.chunks[1] == 0
+        for tile in (TILES[0], TileId(33, "N", 8, 0), TileId(33, "N", 43, 485)):
+            rows, cols = tile_region(tile, attrs["aef:tiles"])
+            assert rows.start % 2**level == 0
+            assert (rows.start // 2**level) % block == 0
+            assert (cols.start // 2**level) % block == 0
+
+
+def test_a_level_the_store_lacks_is_refused(one_tile: Path) -> None:
+    with pytest.raises(UserInputError, match=f"levels 0-{OVERVIEW_LEVELS}: ask for level 0 to 7, not 8"):
+        open_embeddings(one_tile, level=8)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+def test_a_rewrite_and_a_new_period_leave_every_level_right_and_verify_checks_them(tmp_path: Path) -> None:
+    path = tmp_path / "field.zarr"
+    create_store(path, TILES[:1], [YEAR], LAYOUT)
+    write_tile(path, TILES[0], YEAR, _window(TILES[0], 1, SIZE), RECORD)
+    write_tile(path, TILES[0], YEAR, _window(TILES[0], 2, 128), RECORD)  # a rerun over part of it
+    create_store(path, TILES[:1], [Period.year(2023)], LAYOUT)  # a period appended to every level
+    write_tile(path, TILES[0], Period.year(2023), _window(TILES[0], 3, 128), RECORD)
+    window = {"y": slice(0, SIZE), "x": slice(0, SIZE)}
+    full = open_embeddings(path).isel(window).embedding.transpose("time", "y", "x", "band").values
+    coarse = open_embeddings(path, level=2).embedding.transpose("time", "y", "x", "band").values
+    assert coarse.shape[0] == 2
+    for index in range(2):
+        want = _reference(full[index], 4)
+        assert np.array_equal(np.isnan(coarse[index, : SIZE // 4, : SIZE // 4]), np.isnan(want))
+        assert np.nanmax(np.abs(coarse[index, : SIZE // 4, : SIZE // 4] - want)) <= 0.0079
+        assert np.isnan(coarse[index, SIZE // 4 :]).all()
+    assert verify_store(path).ok  # records and levels (metadata and STAC are for finalised stores)
+    level = zarr.open_array(str(path / overview_group("33N", 3) / "embedding"), mode="r+")
+    rows, cols = tile_region(TILES[0], (zone_attrs(path, "33N") or {})["aef:tiles"])
+    level[0, rows.start // 8, cols.start // 8, :] = 0  # an overview no longer matching its level 0
+    problems = verify_store(path).problems
+    assert problems == [f"{TILES[0]} period 0: overview level 3 does not match level 0"], problems
+
+
+@pytest.fixture
+def four_tiles(tmp_path: Path) -> Path:
+    """A 2 x 2 field of tiles, each a small window."""
+    tiles = [*TILES, TileId(33, "N", 26, 265), TileId(33, "N", 27, 265)]
+    path = tmp_path / "field.zarr"
+    create_store(path, tiles, [YEAR], LAYOUT)
+    for seed, tile in enumerate(tiles):
+        write_tile(path, tile, YEAR, _window(tile, seed, 128), RECORD)
+    finalize(path)
+    return path
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files (store root / key) every zarr read asks a local store for, in order."""
+    keys: list[str] = []
+    original = zarr.storage.LocalStore.get
+
+    async def counted(self: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        keys.append(f"{self.root}/{key}")
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counted)
+    return keys
+
+
+def test_a_quicklook_of_four_tiles_reads_only_the_level_it_needs(four_tiles: Path, reads: list[str]) -> None:
+    look = quicklook(four_tiles, max_size=64)
+    # The written windows span 1920 + 128 px: 64 px need blocks of 32, overview level 5.
+    assert look.block_px == 32
+    data = [key for key in reads if "/c/" in key]  # chunk keys (metadata is zarr.json)
+    pixels = [key for key in data if "/embedding/c/" in key or "/observations/c/" in key]
+    assert pixels, "no pixel was read"
+    assert all("/33N/overviews/5/embedding/c/" in key for key in pixels), sorted(set(pixels))
+    picture = xr.DataArray(look.rgba[..., 3])
+    assert 0 < float((picture == 255).mean()) < 1
