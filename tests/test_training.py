@@ -17,13 +17,12 @@ import torch
 import xarray as xr
 from safetensors.torch import load_file
 
-from aef_pipeline.cli import main
 from aef_pipeline.grid import BBox
 from aef_pipeline.model import load_spec
 from aef_pipeline.plan import Period
+from aef_pipeline.run import RunRequest, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.testing import CatalogSpec, SyntheticCatalog, build_catalog, serve_catalogs
-from aef_pipeline.testing.catalog import write_static_catalog
 from aef_pipeline.training import logbook
 from aef_pipeline.training.checkpoints import latest_checkpoint
 from aef_pipeline.training.engine import TrainRequest, batch_indices, learning_rate, train
@@ -183,18 +182,16 @@ def test_torchrun_with_two_gloo_processes_ends_with_identical_parameters(
 
 
 def test_an_exported_model_runs_the_pipeline_and_says_it_is_trained(
-    training_set: Path, tmp_path: Path, synthetic: SyntheticCatalog, request_for
+    training_set: Path, tmp_path: Path, api: CatalogConfig, request_for
 ):
     report = train(request_for(training_set, tmp_path / "run", steps=2))
     field = tmp_path / "field.zarr"
-    code = main(
-        ["run", "--stac", str(write_static_catalog(synthetic)), "--bbox", *SITE_ARGS, "--years", "2021",
-         "--out", str(field), "--model", str(report.spec), "--device", "cpu"]
-    )  # fmt: skip
-    assert code == 0
+    request = RunRequest(SITE, (Period.year(2021),), field, api, model=str(report.spec), device="cpu")
+    assert not run(request).failed
     zone = xr.open_zarr(field, group="33N", consolidated=False)
     assert bool(zone.attrs["aef:trained"])
     assert "trained by run" in zone.attrs["aef:model_weights"]
+    assert "untrained" not in zone.attrs.get("aef:notice", "")
 
 
 @pytest.mark.parametrize(
