@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -163,6 +164,19 @@ def test_resume_continues_bit_identically(training_set: Path, tmp_path: Path, re
     assert steps == list(range(1, 7))
 
 
+def test_sigterm_stops_after_the_step_in_progress_with_a_checkpoint(training_set: Path, tmp_path: Path, request_for):
+    """What a cluster's preemption sends: the run finishes its step, checkpoints it and stops."""
+
+    def preempt(step: int, losses: dict[str, float]) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(request_for(training_set, tmp_path / "run", checkpoint_every=100), on_step=preempt)
+    assert latest_checkpoint(tmp_path / "run").name == "step-000003"  # type: ignore[union-attr]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+
+
 def test_torchrun_with_two_gloo_processes_ends_with_identical_parameters(
     training_set: Path, tmp_path: Path, micro: str
 ):
@@ -218,10 +232,18 @@ def trained_once(training_set: Path, tmp_path_factory: pytest.TempPathFactory, r
     return out
 
 
-def test_refusals_of_data_and_devices(training_set: Path, tmp_path: Path, capsys):
+def test_refusals_of_data_and_devices(training_set: Path, tmp_path: Path, micro: str, capsys):
     new = ["--out", str(tmp_path / "new"), "--steps", "1", "--quiet"]
     assert_refused(["train", "--data", str(tmp_path), *new], "training set", tmp_path, capsys)
-    assert_refused(["train", "--data", str(training_set), *new, "--device", "cuda"], "GPU", tmp_path, capsys)
+    if not torch.cuda.is_available():
+        assert_refused(["train", "--data", str(training_set), *new, "--device", "cuda"], "GPU", tmp_path, capsys)
+    (tmp_path / "a-file").write_text("")
+    assert_refused(
+        ["train", "--data", str(training_set), "--out", str(tmp_path / "a-file"), "--steps", "1", "--model", micro],
+        "is a file",
+        tmp_path,
+        capsys,
+    )
     assert not (tmp_path / "new").exists()
 
 

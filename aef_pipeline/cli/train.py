@@ -56,7 +56,11 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         report = train(request)
     except KeyboardInterrupt:
-        print(f"aef-pipeline: interrupted; the last step is checkpointed in {args.out}: add --resume to go on")
+        print(
+            f"aef-pipeline: interrupted; the last step taken (if any) is checkpointed in {args.out}: "
+            "run the same command with --resume to go on",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun the first process speaks for all

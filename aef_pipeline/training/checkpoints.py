@@ -75,7 +75,10 @@ def save_checkpoint(
     files = {name: sha256_of(staging / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
     state = TrainingState(step, samples_seen, seed, files, groups)
     (staging / STATE_FILE).write_text(json.dumps(state.__dict__, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
+    _sync(staging)
+    if final.exists():  # the same step saved again (a resumed finished run): keep the one there
+        shutil.rmtree(staging)
+        return final
     os.replace(staging, final)
     _write_atomically(root / LATEST, final.name)
     _prune(root, keep=final.name)
@@ -83,11 +86,14 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint, or None when the run has none yet."""
-    pointer = checkpoint_dir(run_dir) / LATEST
-    if not pointer.is_file():
-        return None
-    return checkpoint_dir(run_dir) / pointer.read_text().strip()
+    """The newest complete checkpoint, or None when the run has none yet: the one `latest` names,
+    or, should that be gone (a crash while replacing it), the newest step directory with its state."""
+    root = checkpoint_dir(run_dir)
+    pointer = root / LATEST
+    if pointer.is_file() and (root / pointer.read_text().strip() / STATE_FILE).is_file():
+        return root / pointer.read_text().strip()
+    complete = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
@@ -160,7 +166,19 @@ def _prune(root: Path, keep: str) -> None:
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
+    _sync(partial)
     os.replace(partial, path)
+
+
+def _sync(path: Path) -> None:
+    """Flush a file, or a directory and every file in it, to disk before it is renamed into place:
+    after a power cut the rename must not name data still in the page cache."""
+    for item in [*path.iterdir(), path] if path.is_dir() else [path]:
+        handle = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def sha256_of(path: Path) -> str:

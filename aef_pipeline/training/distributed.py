@@ -41,9 +41,16 @@ def join(device: str) -> World:
     """This process's World; under torchrun, joins the process group first."""
     check_device_name(device)
     rank, size, local = (int(os.environ.get(name, default)) for name, default in _TORCHRUN)
-    chosen = _device(device, local)
+    chosen = _device(device, local, size)
+    if chosen.type == "cuda":
+        # Every collective (NCCL's barrier, all_gather_object) runs on the current device: without
+        # this each rank would use GPU 0, and the first barrier hangs.
+        torch.cuda.set_device(chosen)
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        if chosen.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=chosen)
+        else:
+            dist.init_process_group(backend="gloo")
     return World(rank, size, local, chosen)
 
 
@@ -87,13 +94,21 @@ def gather_strings(world: World, value: str) -> list[str]:
 _TORCHRUN = (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"))
 
 
-def _device(name: str, local_rank: int) -> torch.device:
+def _device(name: str, local_rank: int, world_size: int) -> torch.device:
     """ "auto": this rank's GPU when there is one, else the CPU. Refuses a rank without its own GPU."""
     wants_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
     if not wants_cuda:
         return torch.device("cpu")
     present = torch.cuda.device_count()
     if name.startswith("cuda:"):
+        index = int(name[5:])
+        if world_size > 1:
+            raise UserInputError(
+                f"--device {name} names one GPU for all {world_size} processes: under torchrun use --device cuda "
+                "(each process takes the GPU of its local rank)"
+            )
+        if index >= present:
+            raise UserInputError(f"--device {name}: this node has {present} GPU(s), numbered from 0")
         return torch.device(name)
     if local_rank >= present:
         raise UserInputError(

@@ -18,8 +18,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,13 +127,16 @@ class TrainingModule(nn.Module):
         mu_student = self.encoder.summarise(
             self.encoder.features(student.x, student.valid, student.t_ms), views.consistency_ms
         )
-        terms = {
-            "reconstruction": self._reconstruction(mu.float(), views.targets, noise),
-            "uniformity": batch_uniformity(mu.float()),
-            "consistency": consistency(mu_period.float(), mu_student.float()),
-        }
-        if self.text is not None:
-            terms["text"] = self._text_alignment(mu.float(), teacher.support_ms, views.text)
+        # The decoders, losses and the text head in float32, whatever the encoder ran in.
+        with torch.autocast(mu.device.type, enabled=False):
+            terms = {
+                "reconstruction": self._reconstruction(mu.float(), views.targets, noise),
+                "uniformity": batch_uniformity(mu.float()),
+                # Pixels where the student saw no frame at all hold only its null summary: not scored.
+                "consistency": consistency(mu_period.float(), mu_student.float(), student.valid.any(dim=1)),
+            }
+            if self.text is not None:
+                terms["text"] = self._text_alignment(mu.float(), teacher.support_ms, views.text)
         return terms
 
     def _text_alignment(self, mu: torch.Tensor, support_ms: torch.Tensor, pairs: TextPairs | None) -> torch.Tensor:
@@ -194,9 +200,14 @@ def _train(request: TrainRequest, world: World, on_step: Callable[[int, dict[str
             f"use a multiple of {world.size}"
         )
     data = open_training_set(request.data)
+    if len(data) < 2:
+        raise UserInputError(
+            f"training set {request.data} holds {len(data)} window with data: batch uniformity compares windows "
+            "with each other; cut more (train-set --windows)"
+        )
     spec = training_spec(request.model, data)
     texts = read_text_table(request.text) if request.text else None
-    identity = {**run_identity(request, spec, data), "text_sha256": texts.sha256 if texts else None}
+    identity = {**run_identity(request, spec, data, world), "text_sha256": texts.sha256 if texts else None}
     start_fresh = prepare_run_dir(request, identity, world)
     torch.manual_seed(request.seed)  # only DDP's own buffers draw from it; our draws are seeded per step
     module = TrainingModule(spec, texts.dim if texts else None)
@@ -204,7 +215,7 @@ def _train(request: TrainRequest, world: World, on_step: Callable[[int, dict[str
     module.encoder.checkpointing = spec.depth > 4 and world.device.type == "cuda"
     module.to(world.device)
     optimizer = make_optimizer(module, request)
-    step = 0 if start_fresh else _resume(request.out, module, optimizer)
+    step = 0 if start_fresh else _resume(request.out, module, optimizer, world)
     wrapped: nn.Module = DistributedDataParallel(module) if world.distributed else module
     loop = _Loop(request, world, spec, data, texts, module, wrapped, optimizer)
     return loop.run(step, on_step)
@@ -229,8 +240,9 @@ def training_spec(model: str, data: TrainingSet) -> ModelSpec:
     return dataclasses.replace(spec, normalisation=Normalisation(tuple(means), tuple(stds), source))
 
 
-def run_identity(request: TrainRequest, spec: ModelSpec, data: TrainingSet) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues."""
+def run_identity(request: TrainRequest, spec: ModelSpec, data: TrainingSet, world: World) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (the process count too: each rank
+    draws its own views, so another count would continue differently)."""
     spec_bytes = spec.path.read_bytes() if spec.path else b""
     return {
         "model": spec.name,
@@ -241,13 +253,17 @@ def run_identity(request: TrainRequest, spec: ModelSpec, data: TrainingSet) -> d
         "seed": request.seed,
         "steps": request.steps,
         "learning_rate": request.learning_rate,
+        "processes": world.size,
     }
 
 
 def prepare_run_dir(request: TrainRequest, identity: dict[str, Any], world: World) -> bool:
     """Check the run directory against the request; True when the run starts from step 0. Every
     rank reads before the leader writes: a rank that looked later would find the new run."""
-    out, recorded = request.out, _recorded_identity(request.out)
+    out = request.out
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file: give a directory for the run")
+    recorded = _recorded_identity(out)
     fresh = recorded is None or latest_checkpoint(out) is None
     if recorded is None and out.exists() and any(out.iterdir()):
         raise UserInputError(f"--out {out} holds other files, not a training run: choose an empty or new directory")
@@ -263,6 +279,8 @@ def prepare_run_dir(request: TrainRequest, identity: dict[str, Any], world: Worl
     if recorded is None and world.leader:
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_FILE).write_text(json.dumps(identity, indent=1))
+    elif fresh and world.leader:
+        logbook.truncate(out, -1)  # resumed before its first checkpoint: start the log again too
     barrier(world)
     return fresh
 
@@ -330,11 +348,13 @@ def step_generators(
     return views, noise
 
 
-def _resume(out: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _resume(out: Path, module: nn.Module, optimizer: torch.optim.Optimizer, world: World) -> int:
     checkpoint = latest_checkpoint(out)
     assert checkpoint is not None  # prepare_run_dir returned False only with a checkpoint
     state = load_checkpoint(checkpoint, module, optimizer)
-    logbook.truncate(out, state.step)
+    if world.leader:
+        logbook.truncate(out, state.step)
+    barrier(world)
     return state.step
 
 
@@ -357,6 +377,7 @@ class _Loop:
         self.weights = LossWeights()
         self.first_eval: dict[str, float] = {}
         self.last_eval: dict[str, float] = {}
+        self.saved_step = -1
 
     def run(self, step: int, on_step: Callable[[int, dict[str, float]], None] | None) -> TrainReport:
         request, began = self.request, time.perf_counter()
@@ -364,15 +385,22 @@ class _Loop:
         if step == 0:
             self.first_eval = self._evaluate(0)
         bar = self._progress(step)
+        between_steps = True
         try:
-            while not self._done(step, began, start):
-                losses = self._step(step)
-                step += 1
-                self._after_step(step, losses, bar)
-                if on_step is not None:
-                    on_step(step, losses)
+            with _stop_requests() as stop:
+                while not self._done(step, began, start):
+                    between_steps = False
+                    losses = self._step(step)
+                    step += 1
+                    between_steps = True
+                    self._after_step(step, losses, bar)
+                    if on_step is not None:
+                        on_step(step, losses)
+                    if any_rank(self.world, stop.is_set()):
+                        raise KeyboardInterrupt
         except KeyboardInterrupt:
-            self._checkpoint(step)
+            if between_steps:  # parameters and optimizer state are those of `step` steps
+                self._checkpoint(step)
             raise
         finally:
             bar.close()
@@ -484,6 +512,9 @@ class _Loop:
             self._checkpoint(step)
 
     def _checkpoint(self, step: int) -> None:
+        if step == self.saved_step:
+            return
+        self.saved_step = step
         if self.world.leader and step > 0:
             save_checkpoint(
                 self.request.out, self.module, self.optimizer, step, step * self.request.batch_size, self.request.seed
@@ -509,6 +540,29 @@ class _Loop:
 
         enabled = self.request.progress and self.world.leader
         return tqdm(total=self.request.steps, initial=step, disable=not enabled, unit="step", dynamic_ncols=True)
+
+
+@contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption) ask the loop to stop after the step in
+    progress, checkpoint it and exit; a second SIGINT interrupts at once (without a checkpoint if it
+    falls inside a step). Outside the main thread (tests, notebooks' workers) nothing is installed."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def parameter_digest(module: nn.Module) -> str:

@@ -1,13 +1,15 @@
 """A trained encoder as a model spec that `aef-pipeline run --model RUN_DIR/model.toml` uses as it is.
 
-    RUN_DIR/encoder.safetensors   the encoder's weights only (decoders stay in the checkpoints)
+    RUN_DIR/encoder-<sha256[:12]>.safetensors   the encoder's weights only (decoders stay in the checkpoints)
     RUN_DIR/model.toml            the spec the run trained, with the training set's normalisation,
                                   the weights' file and sha256, and a [training] table saying which
                                   run, how many steps and what data made them
 
 The spec is written field by field from the ModelSpec (a few scalars, lists and tables: no TOML
 library is needed to write that much), then read back with `load_spec` and the weights checked
-against it before the file is moved into place, so an export that would not load is never left.
+against it before it replaces the previous spec. The weights' file is named by its content, so an
+export never overwrites the file an earlier model.toml names: whatever moment a crash comes, the
+model.toml there loads, old or new.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from aef_pipeline.model.spec import ModelSpec, load_spec
 from aef_pipeline.model.weights import check_weights, save_weights
 
-SPEC_FILE, WEIGHTS_FILE = "model.toml", "encoder.safetensors"
+SPEC_FILE = "model.toml"
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,17 @@ class TrainingRecordText:
 
 def export_model(run_dir: Path, encoder: nn.Module, spec: ModelSpec, record: TrainingRecordText) -> Path:
     """Write the encoder's weights and the spec beside them; returns the spec's path."""
-    staging_weights = run_dir / f".{WEIGHTS_FILE}.partial"
+    staging_weights = run_dir / ".encoder.safetensors.partial"
     sha256 = save_weights(encoder, staging_weights)
+    weights = f"encoder-{sha256[:12]}.safetensors"
+    os.replace(staging_weights, run_dir / weights)
     staging_spec = run_dir / ".model.partial.toml"  # load_spec reads .toml files only
-    staging_spec.write_text(spec_text(spec, WEIGHTS_FILE, sha256, record))
-    os.replace(staging_weights, run_dir / WEIGHTS_FILE)
+    staging_spec.write_text(spec_text(spec, weights, sha256, record))
     check_weights(load_spec(staging_spec))  # the hash and every tensor's name and shape
     os.replace(staging_spec, run_dir / SPEC_FILE)
+    for older in run_dir.glob("encoder-*.safetensors"):
+        if older.name != weights:
+            older.unlink()
     return run_dir / SPEC_FILE
 
 
