@@ -89,13 +89,20 @@ def _window(tile: TileId, size: int = 128) -> xr.Dataset:
 
 
 def _metadata_bytes(path: Path) -> int:
-    """Bytes of every file but the chunks of data and records (`<zone>/<array>/c/...`)."""
+    """Bytes of every file but the chunks of data and records (`<zone>/<array>/c/...`, and the same
+    arrays of the overview levels, `<zone>/overviews/<k>/<array>/c/...`)."""
     total = 0
     for file in path.rglob("*"):
         parts = file.relative_to(path).parts
-        if file.is_file() and not (len(parts) > 2 and parts[1] in DATA and parts[2] == "c"):
+        if file.is_file() and not _is_data_chunk(parts):
             total += file.stat().st_size
     return total
+
+
+def _is_data_chunk(parts: tuple[str, ...]) -> bool:
+    if len(parts) > 4 and parts[1] == "overviews":
+        return parts[3] in DATA and parts[4] == "c"
+    return len(parts) > 2 and parts[1] in DATA and parts[2] == "c"
 
 
 def _median(call: Callable[[], object], repeats: int = 5) -> float:
