@@ -1,5 +1,5 @@
-"""Do `sample` and `classify` scale with the area of a field? Time and peak memory of each over a
-1-tile field and a 4-tile field (2 x 2 whole tiles of zone 33N, 1920 px each).
+"""Do `sample`, `classify` and `quicklook` scale with the area of a field? Time and peak memory of
+each over a 1-tile field and a 4-tile field (2 x 2 whole tiles of zone 33N, 1920 px each).
 
     python benchmarks/maps.py
 
@@ -9,6 +9,9 @@
 - classify: `make_map`, kNN (k=3), COG out, on 200 labelled points per tile (the same density on
   both fields: 200 and 800 points), two classes. Target: peak memory 4 tiles / 1 tile <= 1.10
   (prediction runs chunk by chunk on dask; only the time should grow with the area).
+- quicklook: a 512 px picture of the whole field. Target (issue 19): peak memory 4 tiles / 1 tile
+  <= 1.10: each field is read at the overview level the picture needs (level 2 for one tile,
+  level 3 for four), so both read about the same number of vectors.
 
 The fields are written straight into a store (no encoder): two classes in stripes 320 m wide,
 each a noisy direction on the sphere, as tests/test_maps.py does, built once per run under a
@@ -55,11 +58,12 @@ LABELS_PER_TILE = 200
 STRIPE_PX = 32  # 320 m stripes: a 1.28 km cross-validation block holds both classes
 EDGE_PX = 1e-3  # points stay 1 cm inside the written area: the lon/lat round trip must not leave it
 MB = 1e6
+QUICKLOOK_PX = 512  # the picture's longest side: each field is read at the overview level this needs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", choices=["sample", "classify"], help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=["sample", "classify", "quicklook"], help=argparse.SUPPRESS)
     parser.add_argument("--field", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
@@ -76,7 +80,7 @@ def main() -> None:
             f"{'case':<30} {'field':<8} {'points':>7} {'seconds':>8} {'peak RSS MB':>12} {'growth MB':>10} "
             f"{'tracemalloc MB':>15}"
         )
-        for kind in ("sample", "classify"):
+        for kind in ("sample", "classify", "quicklook"):
             rows = {name: _case(kind, fields[name], n) for name, n in FIELDS.items()}
             print(_ratios(kind, rows["1 tile"], rows["4 tiles"]))
 
@@ -85,7 +89,11 @@ def _case(kind: str, field: Path, n_tiles: int) -> dict[str, float]:
     """Run the measurement plain and traced, each in a fresh process; print and return its row."""
     plain, traced = _child(kind, field, n_tiles, False), _child(kind, field, n_tiles, True)
     row = {**plain, "traced_mb": traced["traced_mb"]}
-    label = f"sample {POINTS:,} points" if kind == "sample" else "classify knn -> COG"
+    label = {
+        "sample": f"sample {POINTS:,} points",
+        "classify": "classify knn -> COG",
+        "quicklook": f"quicklook {QUICKLOOK_PX} px",
+    }[kind]
     name = next(name for name, n in FIELDS.items() if n == n_tiles)
     print(
         f"{label:<30} {name:<8} {row['points']:>7,.0f} {row['seconds']:>8.1f} {row['peak_mb']:>12,.0f} "
@@ -113,7 +121,7 @@ def _ratios(kind: str, one: dict[str, float], four: dict[str, float]) -> str:
         return f"sample 4 tiles / 1 tile: {figures} (target: seconds, memory ~1x)"
     checks = (("peak", "peak_mb"), ("growth", "growth_mb"))
     verdict = ", ".join(f"{name} {'met' if ratio[key] <= 1.10 else 'MISSED'}" for name, key in checks)
-    return f"classify 4 tiles / 1 tile: {figures} (target: memory <= 1.10x: {verdict})"
+    return f"{kind} 4 tiles / 1 tile: {figures} (target: memory <= 1.10x: {verdict})"
 
 
 # --- the fields -----------------------------------------------------------------------------------
@@ -166,6 +174,7 @@ def _stripe_class(cols: NDArray[np.int64]) -> NDArray[np.int64]:
 def _measure(kind: str, field: Path, tiles: Sequence[TileId], traced: bool) -> dict[str, float]:
     from aef_pipeline.maps.classify import MapRequest, make_map
     from aef_pipeline.maps.sample import sample_field
+    from aef_pipeline.views.quicklook import quicklook
 
     with tempfile.TemporaryDirectory(prefix="aef-maps-case-") as tmp:
         if kind == "sample":
@@ -181,6 +190,8 @@ def _measure(kind: str, field: Path, tiles: Sequence[TileId], traced: bool) -> d
         start = time.perf_counter()
         if kind == "sample":
             read = len(sample_field(field, points).table)
+        elif kind == "quicklook":
+            read = int(np.count_nonzero(quicklook(field, max_size=QUICKLOOK_PX).rgba[..., 3]))
         else:
             make_map(MapRequest(field, labels, "cover", Path(tmp) / "map.tif", method="knn"))
             read = len(points)
