@@ -110,9 +110,19 @@ class StoreLayout:
 
 
 def quantise(x: np.ndarray) -> np.ndarray:
-    """AlphaEarth int8: q = clip(round(sign(x) sqrt(|x|) 127.5), -127, 127); NaN -> -128."""
-    q = np.clip(np.round(np.sign(x) * np.sqrt(np.abs(x)) * 127.5), -127, 127)
-    return np.where(np.isnan(x), NODATA_INT8, q).astype(np.int8)
+    """AlphaEarth int8: q = clip(round(sign(x) sqrt(|x|) 127.5), -127, 127); NaN -> -128.
+
+    Computed in place in one float buffer (a whole tile is 944 MB of float32: each temporary the
+    plain expression makes costs as much); copysign after the scaling gives the same bits as
+    sign(x) times it, since multiplying by +-1 is exact."""
+    q: np.ndarray = np.sqrt(np.abs(x))
+    q *= 127.5
+    np.copysign(q, x, out=q)
+    np.round(q, out=q)
+    np.clip(q, -127, 127, out=q)
+    q[np.isnan(q)] = NODATA_INT8
+    quantised: np.ndarray = q.astype(np.int8)
+    return quantised
 
 
 def dequantise(q: np.ndarray) -> np.ndarray:
