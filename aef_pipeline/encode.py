@@ -298,7 +298,7 @@ def _run(
     for i, window in enumerate(inputs):
         n = window.t_ms.size
         x[i, :n], mask[i, :n], t[i, :n] = window.x, window.valid, window.t_ms
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), autocast_for(device):
         out: torch.Tensor = model(
             torch.from_numpy(x).to(device),
             torch.from_numpy(mask).to(device),
@@ -321,7 +321,7 @@ def normalise(reflectance: np.ndarray, valid: np.ndarray, spec: ModelSpec) -> np
     return np.where(valid[:, :, None], scaled, np.float32(0.0))
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def autocast_for(device: torch.device) -> torch.autocast:
     # bf16 on CUDA (tensor cores); float32 on CPU, where bf16 is slower and less exact.
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 

@@ -727,17 +727,25 @@ def zone_template(
     return ds
 
 
-def zone_encoding(layout: StoreLayout, zone: str, extent: Mapping[str, int] | None = None) -> dict[str, dict[str, Any]]:
-    size, extent = layout.tile_pixels, extent or zone_tile_extent(zone[-1])
-    zone_shape = (extent["row_max"] - extent["row_min"] + 1, extent["col_max"] - extent["col_min"] + 1)
+def pixel_encoding(layout: StoreLayout, chunk: int, shard: int) -> dict[str, dict[str, Any]]:
+    """Encoding of the per-pixel arrays (embedding, observations) of level 0 or an overview level:
+    square inner chunks of `chunk` px in shards of `shard` px (one tile's block), nodata fill."""
     fill = NODATA_INT8 if layout.storage == "int8" else np.nan
     return {
         "embedding": {
-            "chunks": (1, CHUNK_PX, CHUNK_PX, len(BANDS)),
-            "shards": (1, size, size, len(BANDS)),
+            "chunks": (1, chunk, chunk, len(BANDS)),
+            "shards": (1, shard, shard, len(BANDS)),
             "fill_value": fill,
         },
-        "observations": {"chunks": (1, CHUNK_PX, CHUNK_PX), "shards": (1, size, size), "fill_value": 0},
+        "observations": {"chunks": (1, chunk, chunk), "shards": (1, shard, shard), "fill_value": 0},
+    }
+
+
+def zone_encoding(layout: StoreLayout, zone: str, extent: Mapping[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    size, extent = layout.tile_pixels, extent or zone_tile_extent(zone[-1])
+    zone_shape = (extent["row_max"] - extent["row_min"] + 1, extent["col_max"] - extent["col_min"] + 1)
+    return {
+        **pixel_encoding(layout, CHUNK_PX, size),
         "tile_record": {"chunks": (1, 1, 1), "fill_value": ""},
         "tile_planned": {"chunks": (1, *zone_shape), "fill_value": 0},
     }
@@ -837,15 +845,7 @@ def overview_encoding(layout: StoreLayout, level: int) -> dict[str, dict[str, An
     chunk = min(OVERVIEW_CHUNK_PX, block)
     assert block * 2**level == layout.tile_pixels, f"a tile does not divide into level {level}"
     assert block % chunk == 0, (block, chunk)
-    fill = NODATA_INT8 if layout.storage == "int8" else np.nan
-    return {
-        "embedding": {
-            "chunks": (1, chunk, chunk, len(BANDS)),
-            "shards": (1, block, block, len(BANDS)),
-            "fill_value": fill,
-        },
-        "observations": {"chunks": (1, chunk, chunk), "shards": (1, block, block), "fill_value": 0},
-    }
+    return pixel_encoding(layout, chunk, block)
 
 
 def create_overviews(path: Path, zone: str, periods: Sequence[Period], layout: StoreLayout) -> None:

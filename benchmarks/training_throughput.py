@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aef_pipeline.encode import autocast_for
 from aef_pipeline.model import ModelSpec, load_spec
 from aef_pipeline.model.flops import flops_per_window
 from aef_pipeline.model.timecode import MS_PER_DAY, to_ms
 from aef_pipeline.model.weights import initialise, parameter_count
-from aef_pipeline.training.engine import TrainingModule, TrainRequest, autocast_for, make_optimizer, to_device
+from aef_pipeline.training.engine import TrainingModule, TrainRequest, make_optimizer, to_device
 from aef_pipeline.training.trainset import TrainingWindow
 from aef_pipeline.training.views import StepViews, TargetPolicy, collate, split_views
 from benchmarks.encoding import BF16_PEAK_FLOPS

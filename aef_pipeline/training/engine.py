@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from aef_pipeline.encode import autocast_for
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.model.spec import ModelSpec, Normalisation, load_spec
 from aef_pipeline.model.stp import STPEncoder
@@ -592,8 +593,3 @@ def to_device(views: StepViews, device: torch.device) -> StepViews:
         perturbation=views.perturbation,
         text=None if views.text is None else TextPairs(*(t.to(device) for t in dataclasses.astuple(views.text))),
     )
-
-
-def autocast_for(device: torch.device) -> torch.autocast:
-    # bf16 on CUDA (tensor cores); float32 on CPU, where bf16 is slower and less exact.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
