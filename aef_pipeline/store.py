@@ -14,7 +14,9 @@ writes whole shards and never touches a neighbour's. `tile_record` (time, tile_r
 holds one JSON string per tile-period, each in its own chunk, written after the tile's data: a
 record says the tile is complete and how it was made (scenes, model, software). `tile_planned`
 marks the tile-periods some run asked for, so `info` can say how much of it is done.
-docs/store-growth.md says why zone-wide and how it was measured.
+docs/store-growth.md says why zone-wide and how it was measured. The overview levels under
+`{zone}/overviews/` are overviews.py's (this module makes their templates and calls it), the
+int8 scheme quantisation.py's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,21 @@ from aef_pipeline.grid import (
     zone_parts,
     zone_tile_extent,
 )
+from aef_pipeline.overviews import (
+    OVERVIEW_DIMS,
+    OVERVIEW_LEVELS,
+    OVERVIEW_READ_PX,
+    check_level,
+    overview_chunks,
+    overview_group,
+    overview_levels,
+    overview_template,
+    register_multiscales,
+    write_overviews,
+)
 from aef_pipeline.plan import Period, period_from_text
+from aef_pipeline.quantisation import NODATA_INT8, dequantise, quantise
 
-NODATA_INT8 = -128
 BANDS = tuple(f"A{i:02d}" for i in range(EMBEDDING_DIM))
 # Inner chunk: 128 x 128 px x 64 bands = 1 MiB of int8. A pixel's whole vector sits in one chunk
 # (per-pixel reads touch one chunk per year), and an area read of a 1.28 km window is one chunk.
@@ -65,27 +79,6 @@ CHUNK_PX = 128
 # The `aef:layout` of a zone group spanning its whole zone; groups without it span the bbox of
 # the run that made them (the layout before issue 21) and are migrated by `migrate_store`.
 ZONE_WIDE = "zone-wide"
-# Overviews (issue 19): level k averages 2^k x 2^k pixels. 1920 = 2^7 x 15, so 7 is the deepest
-# level a tile divides into exactly (15 px of 1.28 km): every level's block of a tile-period is
-# whole shards, written by that tile's own task. Levels 1-7 cost 1/3 of level 0 (sum of 4^-k).
-OVERVIEW_LEVELS = 7
-# Inner chunk of the levels: 120 px (900 KB int8) divides the tile block of levels 1-4 (960, 480,
-# 240, 120 px), so no chunk straddles two tiles; levels 5-7 (60, 30, 15 px) are one chunk per tile.
-OVERVIEW_CHUNK_PX = 120
-# Dask chunk of `open_embeddings(level=k)`: a multiple of every level's tile block and inner chunk.
-OVERVIEW_READ_PX = 480
-# The community's multiscales convention (zarr-conventions/multiscales v0.1.0, README at
-# github.com/zarr-conventions/multiscales; a Proposal): registered in `zarr_conventions`, the
-# pyramid described by `multiscales.layout` in the zone group's attributes.
-MULTISCALES_CONVENTION: Mapping[str, str] = {
-    "uuid": "d35379db-88df-4056-af3a-620245f8e347",
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v0.1.0/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v0.1.0/README.md",
-    "name": "multiscales",
-    "description": "Multiscale layout of zarr datasets",
-}
-OVERVIEW_DIMS = {"y": "y_overview", "x": "x_overview"}
-OVERVIEW_METHOD = "mean of the unit vectors over the block (nodata excluded), re-normalised; observations summed"
 
 
 @dataclass(frozen=True)
@@ -107,28 +100,6 @@ class StoreLayout:
     def __post_init__(self) -> None:
         if self.storage not in ("int8", "float16", "float32"):
             raise UserInputError(f"storage {self.storage!r} is not one of int8, float16, float32")
-
-
-def quantise(x: np.ndarray) -> np.ndarray:
-    """AlphaEarth int8: q = clip(round(sign(x) sqrt(|x|) 127.5), -127, 127); NaN -> -128.
-
-    Computed in place in one float buffer (a whole tile is 944 MB of float32: each temporary the
-    plain expression makes costs as much); copysign after the scaling gives the same bits as
-    sign(x) times it, since multiplying by +-1 is exact."""
-    q: np.ndarray = np.sqrt(np.abs(x))
-    q *= 127.5
-    np.copysign(q, x, out=q)
-    np.round(q, out=q)
-    np.clip(q, -127, 127, out=q)
-    q[np.isnan(q)] = NODATA_INT8
-    quantised: np.ndarray = q.astype(np.int8)
-    return quantised
-
-
-def dequantise(q: np.ndarray) -> np.ndarray:
-    """x = sign(q) (q / 127.5)^2, with -128 masked to NaN *before* (else it becomes -1.0079)."""
-    values = np.sign(q) * (q.astype(np.float32) / np.float32(127.5)) ** 2
-    return np.where(q == NODATA_INT8, np.float32(np.nan), values).astype(np.float32)
 
 
 def zone_name(tile: TileId) -> str:
@@ -171,7 +142,7 @@ def create_store(
                 appended = zone_template(zone, missing, layout).drop_vars(["x", "y", "band", "spatial_ref"])
                 appended.to_zarr(path, group=zone, mode="a", append_dim="time", compute=False, consolidated=False)
                 for level in range(1, levels + 1):
-                    template = overview_template(zone, missing, layout, level)
+                    template = _level_template(zone, missing, layout, level)
                     more = template.drop_vars([*OVERVIEW_DIMS.values(), "band", "spatial_ref"])
                     more.to_zarr(
                         path,
@@ -365,7 +336,7 @@ def open_embeddings(
     rows, cols = _region(root, zone, attrs, box)
     group_attrs, step = attrs, READ_CHUNK_PX
     if level:
-        _check_level(root, zone, attrs, level)
+        check_level(root, zone, attrs, level)
         rows, cols = _coarse(rows, 2**level), _coarse(cols, 2**level)
         group_attrs, step = (
             dict(zarr.open_group(str(root / overview_group(zone, level)), mode="r").attrs),
@@ -414,13 +385,6 @@ def _aligned(span: slice, step: int = READ_CHUNK_PX) -> tuple[int, ...]:
 def _coarse(span: slice, factor: int) -> slice:
     """The pixels of a grid `factor` times coarser that touch `span` (level-0 pixel indices)."""
     return slice(span.start // factor, -(-span.stop // factor))
-
-
-def _check_level(root: Path, zone: str, attrs: Mapping[str, Any], level: int) -> None:
-    levels = overview_levels(attrs)
-    if not 0 <= level <= levels:
-        held = f"levels 0-{levels}" if levels else "no overviews (made before they existed, or migrated)"
-        raise UserInputError(f"{root} group {zone} has {held}: ask for level 0 to {levels}, not {level}")
 
 
 def group_geobox(attrs: Mapping[str, Any]) -> GeoBox:
@@ -581,11 +545,15 @@ def written_areas(store: Path, zone: str, period: Period) -> list[tuple[int, int
 
 def written_part(field: xr.Dataset, store: Path, zone: str, period: Period) -> xr.Dataset:
     """The field cut to the rectangle of the areas its records say were written (a small run
-    writes a window of a tile; the rest of the tile is nodata and would only shrink the picture)."""
+    writes a window of a tile; the rest of the tile is nodata and would only shrink the picture).
+    A field of an overview level keeps every coarse pixel the rectangle touches."""
     affine = group_geobox(zone_attrs(store, zone) or {}).affine
     areas = written_areas(store, zone, period)
-    top, bottom = affine.f + min(a[0] for a in areas) * affine.e, affine.f + max(a[1] for a in areas) * affine.e
-    left, right = affine.c + min(a[2] for a in areas) * affine.a, affine.c + max(a[3] for a in areas) * affine.a
+    factor = int(field.attrs.get("aef:overview_factor", 1))
+    r0, c0 = (min(a[i] for a in areas) // factor * factor for i in (0, 2))
+    r1, c1 = (-(-max(a[i] for a in areas) // factor) * factor for i in (1, 3))
+    top, bottom = affine.f + r0 * affine.e, affine.f + r1 * affine.e
+    left, right = affine.c + c0 * affine.a, affine.c + c1 * affine.a
     return field.sel(x=slice(left, right), y=slice(top, bottom))
 
 
@@ -799,173 +767,34 @@ def _embedding_attrs(layout: StoreLayout) -> dict[str, Any]:
     return attrs
 
 
-# --- overviews (issue 19) ------------------------------------------------------------------------
-
-
-def overview_group(zone: str, level: int) -> str:
-    """The group of overview level `level` (level 0 is the zone group itself)."""
-    return zone if level == 0 else f"{zone}/overviews/{level}"
-
-
-def overview_levels(attrs: Mapping[str, Any]) -> int:
-    """How many overview levels a zone group has (0 for a group made before they existed, or migrated)."""
-    layout = attrs.get("multiscales", {}).get("layout", [])
-    return max(0, len(layout) - 1)
-
-
-def overview_template(zone: str, periods: Sequence[Period], layout: StoreLayout, level: int) -> xr.Dataset:
-    """Level `level` of a zone group: the zone template on a grid 2^level times coarser (same
-    corner, same tiles, 1920 / 2^level px each), without records; observations are sums, int32."""
-    factor = 2**level
-    coarse = StoreLayout(
-        layout.model,
-        layout.model_weights,
-        layout.storage,
-        layout.resolution_m * factor,
-        layout.tile_pixels // factor,
-        layout.source_data,
-    )
-    ds = zone_template(zone, periods, coarse).drop_vars(["tile_record", "tile_planned"])
-    ds["observations"] = ds.observations.astype(np.int32)
-    ds.observations.attrs["long_name"] = f"valid Sentinel-2 observations summed over {factor} x {factor} px"
-    ds.attrs |= {
-        "aef:overview_level": level,
-        "aef:overview_factor": factor,
-        "aef:overview_method": OVERVIEW_METHOD,
-        "spatial:dimensions": list(OVERVIEW_DIMS.values()),
-    }
-    # Named apart from level 0's y and x: a child group's dimensions must match its parent's in
-    # xarray's DataTree, so `xr.open_datatree` of the store would fail on y/x of another size.
-    return ds.rename(OVERVIEW_DIMS)
-
-
-def overview_encoding(layout: StoreLayout, level: int) -> dict[str, dict[str, Any]]:
-    """Shards = one tile's block of the level; inner chunks OVERVIEW_CHUNK_PX or the whole block."""
-    block = layout.tile_pixels // 2**level
-    chunk = min(OVERVIEW_CHUNK_PX, block)
-    assert block * 2**level == layout.tile_pixels, f"a tile does not divide into level {level}"
-    assert block % chunk == 0, (block, chunk)
-    return pixel_encoding(layout, chunk, block)
+# --- overview templates (issue 19; the pyramid itself is overviews.py) ---------------------------
 
 
 def create_overviews(path: Path, zone: str, periods: Sequence[Period], layout: StoreLayout) -> None:
     """The templates of levels 1..OVERVIEW_LEVELS under `{zone}/overviews/`, then the zone group's
     `multiscales` attribute (zarr-conventions/multiscales) describing the pyramid."""
     for level in range(1, OVERVIEW_LEVELS + 1):
-        overview_template(zone, periods, layout, level).to_zarr(
+        _level_template(zone, periods, layout, level).to_zarr(
             path,
             group=overview_group(zone, level),
             mode="a",
             compute=False,
-            encoding=overview_encoding(layout, level),
+            encoding=pixel_encoding(layout, *overview_chunks(layout.tile_pixels, level)),
             consolidated=False,
         )
     _register_multiscales(path, zone)
 
 
+def _level_template(zone: str, periods: Sequence[Period], layout: StoreLayout, level: int) -> xr.Dataset:
+    """Level `level`'s template: the zone template on a grid 2^level times coarser (same corner,
+    same tiles, 1920 / 2^level px each), made into the level's by overviews.overview_template."""
+    factor = 2**level
+    coarse = replace(layout, resolution_m=layout.resolution_m * factor, tile_pixels=layout.tile_pixels // factor)
+    return overview_template(zone_template(zone, periods, coarse), level)
+
+
 def _register_multiscales(path: Path, zone: str) -> None:
-    group = zarr.open_group(str(path / zone), mode="r+")
-    attrs: dict[str, Any] = dict(group.attrs)
-    registered: list[dict[str, Any]] = attrs.get("zarr_conventions", [])
-    others = [c for c in registered if c.get("uuid") != MULTISCALES_CONVENTION["uuid"]]
-    conventions = [*others, dict(MULTISCALES_CONVENTION)]
-    group.update_attributes({"zarr_conventions": conventions, "multiscales": multiscales_attribute(attrs)})
-
-
-def multiscales_attribute(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    """The `multiscales` object: one array-based layout entry per level (level 0 is the zone
-    group's own `embedding`), each with its scale relative to the level it was derived from and its
-    absolute `spatial:transform` / `spatial:shape` (the convention puts absolute positioning there)."""
-    base = group_geobox(attrs)
-    entries: list[dict[str, Any]] = []
-    for level in range(OVERVIEW_LEVELS + 1):
-        factor = 2**level
-        affine = base.affine * Affine.scale(factor)
-        entry: dict[str, Any] = {
-            "asset": "embedding" if level == 0 else f"overviews/{level}/embedding",
-            "transform": {"scale": [1.0, 1.0] if level == 0 else [2.0, 2.0], "translation": [0.0, 0.0]},
-            "spatial:transform": [affine.a, affine.b, affine.c, affine.d, affine.e, affine.f],
-            "spatial:shape": [base.shape[0] // factor, base.shape[1] // factor],
-        }
-        if level:
-            entry["derived_from"] = entries[-1]["asset"]
-        entries.append(entry)
-    return {"layout": entries, "resampling_method": "average", "aef:method": OVERVIEW_METHOD}
-
-
-def write_overviews(
-    path: Path,
-    zone: str,
-    index: int,
-    region: tuple[slice, slice],
-    values: np.ndarray,
-    observations: np.ndarray,
-    levels: int,
-) -> None:
-    """Every level's block of one tile-period, computed from its stored level-0 values (a whole
-    tile: (y, x, band) as stored, and its counts), each written as whole shards."""
-    rows, cols = region
-    for level, (stored, counts) in enumerate(overview_blocks(values, observations, levels), start=1):
-        factor, group = 2**level, path / overview_group(zone, level)
-        coarse_rows = slice(rows.start // factor, rows.stop // factor)
-        coarse_cols = slice(cols.start // factor, cols.stop // factor)
-        zarr.open_array(str(group / "embedding"), mode="r+")[index, coarse_rows, coarse_cols, :] = stored
-        zarr.open_array(str(group / "observations"), mode="r+")[index, coarse_rows, coarse_cols] = counts
-
-
-def overview_blocks(values: np.ndarray, observations: np.ndarray, levels: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(stored values, summed counts) of levels 1..`levels` of one tile: each block the mean of the
-    de-quantised unit vectors of its valid pixels, re-normalised and stored like level 0; a block
-    with no valid pixel is nodata. Each level is summed from the previous level's sums (not its
-    re-normalised vectors), so every level is the exact mean over its 2^k x 2^k pixels. Only the
-    box around the valid pixels is computed: a window written into a tile costs what the window does."""
-    if levels == 0:  # a group made before overviews, or migrated
-        return []
-    int8 = values.dtype == np.int8
-    valid = values[..., 0] != NODATA_INT8 if int8 else np.isfinite(values[..., 0])
-    r0, r1, c0, c1 = _valid_box(valid, 2**levels)
-    sums = _level_one_sums(values[r0:r1, c0:c1], valid[r0:r1, c0:c1])
-    weights, counts = _sum_2x2(valid[r0:r1, c0:c1].astype(np.int32)), _sum_2x2(observations.astype(np.int32))
-    blocks = []
-    for level in range(1, levels + 1):
-        if level > 1:
-            sums, weights, counts = _sum_2x2(sums), _sum_2x2(weights), _sum_2x2(counts)
-        norms = np.sqrt((sums.astype(np.float64) ** 2).sum(axis=-1, keepdims=True))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vectors = np.where((weights[..., None] > 0) & (norms > 0), sums / norms, np.nan).astype(np.float32)
-        factor = 2**level
-        shape = (values.shape[0] // factor, values.shape[1] // factor, values.shape[2])
-        block = np.full(shape, NODATA_INT8 if int8 else np.nan, values.dtype)  # quantised only where computed
-        block[r0 // factor : r1 // factor, c0 // factor : c1 // factor] = quantise(vectors) if int8 else vectors
-        blocks.append((block, counts))
-    return blocks
-
-
-def _valid_box(valid: np.ndarray, align: int) -> tuple[int, int, int, int]:
-    """(row0, row1, col0, col1) around the True pixels, widened to multiples of `align` (empty: 0, 0, 0, 0)."""
-    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
-    if not len(rows):
-        return 0, 0, 0, 0
-    start, stop = (int(rows[0]), int(cols[0])), (int(rows[-1]) + 1, int(cols[-1]) + 1)
-    (r0, c0), (r1, c1) = ((i // align * align for i in start), (-(-i // align) * align for i in stop))
-    return r0, r1, c0, c1
-
-
-def _level_one_sums(values: np.ndarray, valid: np.ndarray, strip: int = 128) -> np.ndarray:
-    """Sums of the valid de-quantised vectors over 2 x 2 px, `strip` rows at a time: a whole tile
-    never exists as float32 (944 MB), only its level-1 sums (236 MB)."""
-    sums = np.zeros((values.shape[0] // 2, values.shape[1] // 2, values.shape[2]), np.float32)
-    for row in range(0, values.shape[0], strip):
-        part = values[row : row + strip]
-        floats = dequantise(part) if values.dtype == np.int8 else part.astype(np.float32)
-        sums[row // 2 : (row + strip) // 2] = _sum_2x2(np.where(valid[row : row + strip, :, None], floats, 0))
-    return sums
-
-
-def _sum_2x2(a: np.ndarray) -> np.ndarray:
-    """Sums over 2 x 2 pixel blocks of (y, x, ...)."""
-    summed: np.ndarray = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, *a.shape[2:]).sum(axis=(1, 3))
-    return summed
+    register_multiscales(path, zone, group_geobox(zone_attrs(path, zone) or {}))
 
 
 # --- checks and records --------------------------------------------------------------------------
@@ -1079,7 +908,6 @@ __all__ = [
     "finalize",
     "finished",
     "open_embeddings",
-    "overview_levels",
     "quantise",
     "read_record",
     "unfinished",

@@ -22,13 +22,11 @@ import zarr
 
 from aef_pipeline.catalog import stac_collection, stac_dir
 from aef_pipeline.grid import TileId
+from aef_pipeline.overviews import overview_blocks, overview_group, overview_levels
 from aef_pipeline.store import (
     NODATA_INT8,
     dequantise,
     is_finalised,
-    overview_blocks,
-    overview_group,
-    overview_levels,
     required_zones,
     shard_digest,
     tile_index,

@@ -1,7 +1,9 @@
-"""Do `sample`, `classify` and `quicklook` scale with the area of a field? Time and peak memory of
-each over a 1-tile field and a 4-tile field (2 x 2 whole tiles of zone 33N, 1920 px each).
+"""Do `sample`, `classify`, `quicklook` and `similarity` scale with the area of a field? Time and
+peak memory of each over a 1-tile field and a 4-tile field (2 x 2 whole tiles of zone 33N, 1920 px
+each).
 
-    python benchmarks/maps.py
+    python benchmarks/maps.py                                   # every case
+    python benchmarks/maps.py --cases similarity similarity-coarse
 
 - sample: 100,000 points uniformly random over the written area, read with `sample_field`.
   Target: seconds, and peak memory independent of the tiles (4 tiles / 1 tile ~1x): points are
@@ -12,6 +14,10 @@ each over a 1-tile field and a 4-tile field (2 x 2 whole tiles of zone 33N, 1920
 - quicklook: a 512 px picture of the whole field. Target (issue 19): peak memory 4 tiles / 1 tile
   <= 1.10: each field is read at the overview level the picture needs (level 2 for one tile,
   level 3 for four), so both read about the same number of vectors.
+- similarity: a COG of the dot product with one reference point per tile, at full resolution
+  (`similarity`) and at overview level 3 (`similarity-coarse`, 80 m pixels, `--level 3`). Target:
+  peak memory 4 tiles / 1 tile <= 1.10 for both (chunk by chunk on dask); the coarse map reads
+  1/64 of the pixels, so it should cost a small fraction of the full one's time.
 
 The fields are written straight into a store (no encoder): two classes in stripes 320 m wide,
 each a noisy direction on the sphere, as tests/test_maps.py does, built once per run under a
@@ -59,11 +65,14 @@ STRIPE_PX = 32  # 320 m stripes: a 1.28 km cross-validation block holds both cla
 EDGE_PX = 1e-3  # points stay 1 cm inside the written area: the lon/lat round trip must not leave it
 MB = 1e6
 QUICKLOOK_PX = 512  # the picture's longest side: each field is read at the overview level this needs
+COARSE_LEVEL = 3  # `similarity-coarse`: 80 m pixels
+CASES = ["sample", "classify", "quicklook", "similarity", "similarity-coarse"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", choices=["sample", "classify", "quicklook"], help=argparse.SUPPRESS)
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=CASES, help="the cases to run (default: all)")
+    parser.add_argument("--measure", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--field", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tiles", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
@@ -80,7 +89,7 @@ def main() -> None:
             f"{'case':<30} {'field':<8} {'points':>7} {'seconds':>8} {'peak RSS MB':>12} {'growth MB':>10} "
             f"{'tracemalloc MB':>15}"
         )
-        for kind in ("sample", "classify", "quicklook"):
+        for kind in args.cases:
             rows = {name: _case(kind, fields[name], n) for name, n in FIELDS.items()}
             print(_ratios(kind, rows["1 tile"], rows["4 tiles"]))
 
@@ -93,6 +102,8 @@ def _case(kind: str, field: Path, n_tiles: int) -> dict[str, float]:
         "sample": f"sample {POINTS:,} points",
         "classify": "classify knn -> COG",
         "quicklook": f"quicklook {QUICKLOOK_PX} px",
+        "similarity": "similarity -> COG, 10 m",
+        "similarity-coarse": f"similarity -> COG, {10 * 2**COARSE_LEVEL} m",
     }[kind]
     name = next(name for name, n in FIELDS.items() if n == n_tiles)
     print(
@@ -174,11 +185,16 @@ def _stripe_class(cols: NDArray[np.int64]) -> NDArray[np.int64]:
 def _measure(kind: str, field: Path, tiles: Sequence[TileId], traced: bool) -> dict[str, float]:
     from aef_pipeline.maps.classify import MapRequest, make_map
     from aef_pipeline.maps.sample import sample_field
+    from aef_pipeline.views.compare import SimilarityRequest, similarity_map
     from aef_pipeline.views.quicklook import quicklook
 
     with tempfile.TemporaryDirectory(prefix="aef-maps-case-") as tmp:
         if kind == "sample":
             points = _random_points(tiles, POINTS, seed=1)
+        elif kind.startswith("similarity"):
+            points = _random_points(tiles, len(tiles), seed=3)
+            references = Path(tmp) / "references.geojson"
+            points.to_file(references)
         else:
             points = _random_points(tiles, LABELS_PER_TILE * len(tiles), seed=2)
             labels = Path(tmp) / "labels.geojson"
@@ -192,6 +208,10 @@ def _measure(kind: str, field: Path, tiles: Sequence[TileId], traced: bool) -> d
             read = len(sample_field(field, points).table)
         elif kind == "quicklook":
             read = int(np.count_nonzero(quicklook(field, max_size=QUICKLOOK_PX).rgba[..., 3]))
+        elif kind.startswith("similarity"):
+            level = COARSE_LEVEL if kind == "similarity-coarse" else 0
+            similarity_map(SimilarityRequest(field, references, Path(tmp) / "sim.tif", level=level))
+            read = len(points)
         else:
             make_map(MapRequest(field, labels, "cover", Path(tmp) / "map.tif", method="knn"))
             read = len(points)

@@ -6,28 +6,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 import xarray as xr
 import zarr
 from affine import Affine
+from shapely.geometry import Point
 
+from aef_pipeline.cli import main
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TILE_PIXELS, TileId
+from aef_pipeline.overviews import MULTISCALES_CONVENTION, OVERVIEW_LEVELS, overview_blocks, overview_group
 from aef_pipeline.plan import Period
+from aef_pipeline.quantisation import quantise
 from aef_pipeline.store import (
-    MULTISCALES_CONVENTION,
-    OVERVIEW_LEVELS,
     create_store,
     finalize,
     open_embeddings,
-    overview_group,
     tile_region,
     write_tile,
     zone_attrs,
 )
 from aef_pipeline.verify import verify_store
 from aef_pipeline.views.quicklook import quicklook
+from tests.test_maps import _lonlat
 from tests.test_store import LAYOUT, RECORD, TILES, _window
 
 YEAR = Period.year(2022)
@@ -192,3 +196,51 @@ def test_a_quicklook_of_four_tiles_reads_only_the_level_it_needs(four_tiles: Pat
     assert all("/33N/overviews/5/embedding/c/" in key for key in pixels), sorted(set(pixels))
     picture = xr.DataArray(look.rgba[..., 3])
     assert 0 < float((picture == 255).mean()) < 1
+
+
+def test_a_similarity_map_at_a_level_reads_that_level_and_scores_its_vectors(
+    one_tile: Path, tmp_path: Path, reads: list[str]
+) -> None:
+    gpd.GeoDataFrame(geometry=[Point(*_lonlat(TILES[0], 100, 40))], crs="EPSG:4326").to_file(tmp_path / "refs.geojson")
+    out = tmp_path / "sim.tif"
+    assert (
+        main(
+            ["similarity", str(one_tile), "--points", str(tmp_path / "refs.geojson"), "--out", str(out), "--level", "3"]
+        )
+        == 0
+    )
+    pixels = [key for key in reads if "/embedding/c/" in key or "/observations/c/" in key]
+    coarse = [key for key in pixels if "/overviews/" in key]
+    assert coarse
+    assert all("/33N/overviews/3/" in key for key in coarse), sorted(set(coarse))
+    # Level 0 only for the reference: its tile's shard of each array (index and one inner chunk).
+    rows, cols = tile_region(TILES[0], (zone_attrs(one_tile, "33N") or {})["aef:tiles"])
+    shard = f"0/{rows.start // TILE_PIXELS}/{cols.start // TILE_PIXELS}"
+    fine = [key for key in pixels if "/overviews/" not in key]
+    assert set(fine) == {f"{one_tile}/33N/embedding/c/{shard}/0", f"{one_tile}/33N/observations/c/{shard}"}
+    assert len(fine) <= 4
+    # The map is the dot product of the level's vectors with the reference's full-resolution vector.
+    reference = open_embeddings(one_tile).embedding.isel(time=0, y=100, x=40).values
+    level = open_embeddings(one_tile, level=3).isel(time=0, y=slice(0, SIZE // 8), x=slice(0, SIZE // 8))
+    want = level.embedding.transpose("y", "x", "band").values @ reference
+    with rasterio.open(out) as raster:
+        score, transform = raster.read(1), raster.transform
+    assert transform == level.rio.transform(recalc=True)
+    assert np.array_equal(np.isnan(score), np.isnan(want))
+    assert np.nanmax(np.abs(score - want)) < 1e-6
+
+
+def test_the_levels_do_not_depend_on_how_level_0_lies_in_memory() -> None:
+    """`write_tile` computes the levels from a whole tile quantised straight from its (dim, y, x)
+    field (band-major in memory); `verify` recomputes them from the shard read back (pixel-major).
+    Float sums depend on the order of their terms: both must add in the same order."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((64, 256, 256), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=0, keepdims=True)
+    as_written = quantise(vectors.transpose(1, 2, 0))
+    assert not as_written.flags.c_contiguous
+    counts = np.full((256, 256), 3, np.int16)
+    written = overview_blocks(as_written, counts, OVERVIEW_LEVELS)
+    read_back = overview_blocks(np.ascontiguousarray(as_written), counts, OVERVIEW_LEVELS)
+    for (got, _), (want, _) in zip(written, read_back, strict=True):
+        assert np.array_equal(got, want)

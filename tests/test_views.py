@@ -11,14 +11,16 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from PIL import Image
 from PIL.PngImagePlugin import PngImageFile
+from rasterio.enums import ColorInterp
 from rasterio.features import rasterize
-from shapely.geometry import Point
+from shapely.geometry import Point, Polygon
 
 from aef_pipeline.cli import main
 from aef_pipeline.plan import Period
-from aef_pipeline.store import create_store, finalize, write_tile
+from aef_pipeline.store import create_store, finalize, open_embeddings, write_tile, written_part
 from tests.refusals import assert_refused
 from tests.test_maps import LAYOUT, STRIPE_PX, TILES, WINDOW, YEAR, _lonlat, _stripes
 
@@ -66,6 +68,55 @@ def test_a_small_quicklook_averages_blocks(stripes: Path, tmp_path: Path, capsys
     assert "field px per picture px" in capsys.readouterr().out
 
 
+def test_the_quicklook_cogs_carry_the_pngs_colours_on_the_overview_grid(
+    stripes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png, cog = tmp_path / "quick.png", tmp_path / "quick.tif"
+    # The fields span about 250 km: 4000 px need blocks of 8 px, overview level 3 (80 m).
+    assert main(["quicklook", str(stripes), "--out", str(png), "--max-size", "4000", "--cog", str(cog)]) == 0
+    assert f"wrote {tmp_path / 'quick_33N.tif'}, {tmp_path / 'quick_34N.tif'} (RGBA COG)" in capsys.readouterr().out
+    assert not cog.exists()  # two zone groups: one COG each, named like similarity's
+    with Image.open(png) as image:
+        assert isinstance(image, PngImageFile)
+        picture, png_transform = np.asarray(image), Affine(*json.loads(image.text["aef:transform"]))
+        assert image.text["aef:crs"] == "EPSG:32633"
+    with rasterio.open(tmp_path / "quick_33N.tif") as raster:
+        assert raster.crs == "EPSG:32633"
+        assert raster.colorinterp[3] == ColorInterp.alpha
+        assert raster.tags()["aef_period"] == "2022"
+        bands, transform = raster.read(), raster.transform
+    level = written_part(open_embeddings(stripes, "33N", period="2022", level=3).isel(time=0), stripes, "33N", YEAR)
+    assert transform == level.rio.transform(recalc=True)  # the level's own pixels, where the field was written
+    assert bands.shape[1:] == (level.sizes["y"], level.sizes["x"])
+    # The PNG is drawn on the first zone's grid: the 33N COG is a window of it, pixel for pixel.
+    col, row = ~png_transform * (transform.c, transform.f)
+    assert (col, row) == (round(col), round(row))
+    window = picture[round(row) : round(row) + bands.shape[1], round(col) : round(col) + bands.shape[2]]
+    assert np.array_equal(np.moveaxis(bands, 0, -1), window)
+    assert 0 < (bands[3] == 255).mean() < 1
+    with rasterio.open(tmp_path / "quick_34N.tif") as raster:
+        assert raster.crs == "EPSG:32634"
+        assert raster.transform.a == 80.0
+
+
+def test_a_quicklook_cog_reprojects_every_zone_into_one_crs_on_request(stripes: Path, tmp_path: Path) -> None:
+    zones, one = tmp_path / "zones.tif", tmp_path / "lonlat.tif"
+    argv = ["quicklook", str(stripes), "--max-size", "4000"]
+    assert main([*argv, "--out", str(tmp_path / "a.png"), "--cog", str(zones)]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b.png"), "--cog", str(one), "--cog-crs", "EPSG:4326"]) == 0
+    assert not (tmp_path / "lonlat_33N.tif").exists()
+    with rasterio.open(one) as raster:
+        assert raster.crs == "EPSG:4326"
+        reprojected = raster.read()
+    colours = {tuple(c) for c in np.moveaxis(reprojected, 0, -1).reshape(-1, 4) if c[3] == 255}
+    per_zone = set()
+    for zone in ("33N", "34N"):
+        with rasterio.open(tmp_path / f"zones_{zone}.tif") as raster:
+            per_zone |= {tuple(c) for c in np.moveaxis(raster.read(), 0, -1).reshape(-1, 4) if c[3] == 255}
+    assert len(colours) > 100
+    assert colours <= per_zone  # nearest neighbour: every colour is one of a zone's pixels
+
+
 @pytest.mark.parametrize(
     ("extra", "phrase"),
     [
@@ -73,14 +124,20 @@ def test_a_small_quicklook_averages_blocks(stripes: Path, tmp_path: Path, capsys
         (["--period", "2021"], "holds no period 2021; it holds 2022"),
         (["--out", "{tmp}/quick.jpg"], "end it with .png"),
         (["--out", "{tmp}/exists.png"], "exists: choose another --out or pass --overwrite"),
+        (["--cog", "{tmp}/exists.tif"], "exists.tif exists: choose another path or pass --overwrite"),
+        (["--cog", "{tmp}/old.tif"], "old_33N.tif exists: choose another path or pass --overwrite"),
+        (["--cog", "{tmp}/quick.png"], "--cog {tmp}/quick.png: end it with .tif (a COG)"),
+        (["--cog", "{tmp}/q.tif", "--cog-crs", "EPSG:99999"], "--cog-crs 'EPSG:99999' is not a CRS pyproj knows"),
+        (["--cog-crs", "EPSG:4326"], "--cog-crs needs --cog"),
     ],
 )
 def test_bad_quicklook_input(
     stripes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], phrase: str
 ) -> None:
-    (tmp_path / "exists.png").write_bytes(b"mine")
+    for name in ("exists.png", "exists.tif", "old_33N.tif"):
+        (tmp_path / name).write_bytes(b"mine")
     argv = ["quicklook", str(stripes), "--out", str(tmp_path / "quick.png"), *(a.format(tmp=tmp_path) for a in extra)]
-    assert_refused(argv, phrase, tmp_path, capsys)
+    assert_refused(argv, phrase.format(tmp=tmp_path), tmp_path, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +190,51 @@ def test_change_is_zero_where_nothing_changed(two_years: Path, tmp_path: Path) -
     assert change.shape == (WINDOW, WINDOW)  # the map covers what was written, not the whole tile
 
 
+def test_change_at_an_overview_level_compares_the_level_and_draws_polygons_of_its_pixels(
+    two_years: Path, tmp_path: Path
+) -> None:
+    out, changed = tmp_path / "change.tif", tmp_path / "changed.geojson"
+    argv = ["change", str(two_years), "--from", "2022", "--to", "2023", "--out", str(out), "--level", "2"]
+    assert main([*argv, "--threshold", "0.5", "--polygons", str(changed)]) == 0
+    change, transform = _read_band(out)
+    assert transform.a == 40.0
+    first, second = (
+        open_embeddings(two_years, period=year, level=2).isel(time=0, y=slice(0, WINDOW // 4), x=slice(0, WINDOW // 4))
+        for year in ("2022", "2023")
+    )
+    want = 1.0 - (first.embedding * second.embedding).sum("band", skipna=False).values
+    assert change.shape == want.shape
+    assert np.array_equal(np.isnan(change), np.isnan(want))
+    assert np.nanmax(np.abs(change - want)) < 1e-5
+    found = gpd.read_file(changed).to_crs(32633)
+    assert len(found)
+    assert found["pixels"].sum() == int((np.nan_to_num(change, nan=-np.inf) >= 0.5).sum())
+    assert np.allclose(found.area, found["pixels"] * 40.0**2, rtol=1e-3)  # outlines of 40 m pixels
+
+
+def test_similarity_to_a_polygon_is_to_its_mean_vector_summed_block_by_block(
+    stripes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aef_pipeline.maps.sample
+
+    # Blocks of 64 px: the polygon (130 x 32 px) is read as 3 x 2 blocks, never as one array.
+    monkeypatch.setattr(aef_pipeline.maps.sample, "POLYGON_BLOCK_PX", 64)
+    tile = TILES[0]
+    corners = [_lonlat(tile, row - 0.5, col - 0.5) for row, col in ((20, 32), (20, 64), (150, 64), (150, 32))]
+    gpd.GeoDataFrame(geometry=[Polygon(corners)], crs="EPSG:4326").to_file(tmp_path / "area.geojson")
+    out = tmp_path / "sim.tif"
+    argv = ["similarity", str(stripes), "--points", str(tmp_path / "area.geojson"), "--out", str(out)]
+    assert main(argv) == 0
+    field = open_embeddings(stripes, "33N", period="2022").isel(time=0, y=slice(0, WINDOW), x=slice(0, WINDOW))
+    vectors = field.embedding.transpose("y", "x", "band").values
+    inside = vectors[20:150, 32:64].reshape(-1, 64)
+    mean = np.nansum(inside, axis=0, dtype=np.float64)  # every pixel there is valid
+    assert np.isfinite(inside).all()
+    target = mean / np.linalg.norm(mean)
+    score, _ = _read_band(tmp_path / "sim_33N.tif")
+    assert np.nanmax(np.abs(score[:WINDOW, :WINDOW] - vectors @ target)) < 1e-5
+
+
 @pytest.mark.parametrize(
     ("argv", "phrase"),
     [
@@ -143,6 +245,8 @@ def test_change_is_zero_where_nothing_changed(two_years: Path, tmp_path: Path) -
         (["similarity", "{field}", "--points", "{refs}"], "holds periods 2022, 2023: pass --period"),
         (["similarity", "{field}", "--points", "{far}", "--period", "2022"], "references have no vector in"),
         (["similarity", "{field}", "--points", "{refs}", "--polygons", "{tmp}/p.geojson"], "--polygons needs"),
+        (["similarity", "{field}", "--points", "{refs}", "--level", "8"], "--level 8 is not an overview level"),
+        (["change", "{field}", "--from", "2022", "--to", "2023", "--level", "-1"], "--level -1 is not an overview"),
     ],
 )
 def test_bad_similarity_and_change_input(

@@ -10,6 +10,10 @@ vectors in two periods: 0 where nothing changed, up to 2. Both are computed chun
 dask, NaN where the field (either period, for change) has no vector, and written as a float32
 COG with overviews per zone group. With a threshold, the pixels at or beyond it become polygons
 (GeoJSON, lon/lat) with their mean score.
+
+With `level` k > 0 the map is made from the store's overview level k (pixels of 10 x 2^k m, each
+the re-normalised mean of the vectors under it) and reads that level alone: a coarse map of a
+large area costs what its pixels do, not the field's. The polygons then follow the coarse pixels.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from aef_pipeline.errors import UserInputError
 from aef_pipeline.maps.points import read_points
 from aef_pipeline.maps.raster import write_cog
 from aef_pipeline.maps.sample import choose_period, sample_field
+from aef_pipeline.overviews import OVERVIEW_LEVELS
 from aef_pipeline.plan import Period
 from aef_pipeline.store import open_embeddings, store_periods, written_part, zones_with
+from aef_pipeline.views.outputs import check_cog_path, zone_path
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ class SimilarityRequest:
     polygons: Path | None = None
     overwrite: bool = False
     points_crs: str | None = None
+    level: int = 0
+    """Overview level of the map: pixels of 10 x 2^level m, each the re-normalised mean of the
+    vectors under it (0: full resolution). The references are read at full resolution."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,15 @@ class ChangeRequest:
     polygons: Path | None = None
     force: bool = False
     overwrite: bool = False
+    level: int = 0
+    """Overview level of the map: both periods read at pixels of 10 x 2^level m (0: full resolution)."""
 
 
 def similarity_map(request: SimilarityRequest) -> dict[str, Any]:
     """The similarity map(s) and, with a threshold, the polygons; returns what was written."""
-    _check_outputs(request.out, request.polygons, request.overwrite)
+    check_cog_path(request.out, "--out", request.overwrite, [request.polygons])
     _check_threshold(request.threshold, (-1.0, 1.0), "similarity")
+    _check_level(request.level)
     period = choose_period(request.field_path, request.period)
     references = read_points(request.references, request.points_crs)
     samples = sample_field(request.field_path, references, period)
@@ -74,17 +86,17 @@ def similarity_map(request: SimilarityRequest) -> dict[str, Any]:
         )
     target = samples.vectors().mean(axis=0)
     scores = {
-        zone: _scored(_field(request.field_path, zone, period).embedding, target)
+        zone: _scored(_field(request.field_path, zone, period, request.level).embedding, target)
         for zone in zones_with(request.field_path, period)
     }
-    return _write(
-        scores, request.out, request.threshold, request.polygons, f"similarity to {len(references)} references"
-    )
+    what = f"similarity to {len(references)} references{_at(request.level)}"
+    return _write(scores, request.out, request.threshold, request.polygons, what)
 
 
 def change_map(request: ChangeRequest) -> dict[str, Any]:
-    _check_outputs(request.out, request.polygons, request.overwrite)
+    check_cog_path(request.out, "--out", request.overwrite, [request.polygons])
     _check_threshold(request.threshold, (0.0, 2.0), "change")
+    _check_level(request.level)
     before = choose_period(request.field_path, request.before)
     after = choose_period(request.field_path, request.after)
     if before == after:
@@ -98,8 +110,9 @@ def change_map(request: ChangeRequest) -> dict[str, Any]:
             "spans; pass --force to compare them anyway"
         )
     zones = [z for z in zones_with(request.field_path, before) if after in store_periods(request.field_path, z)]
-    scores = {zone: _change(request.field_path, zone, before, after) for zone in zones}
-    return _write(scores, request.out, request.threshold, request.polygons, f"change {before.label} -> {after.label}")
+    scores = {zone: _change(request.field_path, zone, before, after, request.level) for zone in zones}
+    what = f"change {before.label} -> {after.label}{_at(request.level)}"
+    return _write(scores, request.out, request.threshold, request.polygons, what)
 
 
 def _comparable(before: Period, after: Period) -> bool:
@@ -108,15 +121,16 @@ def _comparable(before: Period, after: Period) -> bool:
     return years or (before.end - before.start) == (after.end - after.start)
 
 
-def _check_outputs(out: Path, polygons: Path | None, overwrite: bool) -> None:
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise UserInputError(f"--out {out}: end it with .tif (a COG)")
-    if not out.parent.is_dir():
-        raise UserInputError(f"{out.parent} does not exist: create it or choose another --out")
-    per_zone = list(out.parent.glob(f"{out.stem}_??[NS]{out.suffix}"))
-    for path in (out, polygons, *per_zone):
-        if path is not None and path.exists() and not overwrite:
-            raise UserInputError(f"{path} exists: choose another path or pass --overwrite")
+def _check_level(level: int) -> None:
+    if not 0 <= level <= OVERVIEW_LEVELS:
+        raise UserInputError(
+            f"--level {level} is not an overview level: give 0 (full resolution, 10 m) to {OVERVIEW_LEVELS} "
+            f"({10 * 2**OVERVIEW_LEVELS} m pixels)"
+        )
+
+
+def _at(level: int) -> str:
+    return f" at overview level {level} ({10 * 2**level} m pixels)" if level else ""
 
 
 def _check_threshold(threshold: float | None, bounds: tuple[float, float], what: str) -> None:
@@ -132,14 +146,15 @@ def _scored(embedding: xr.DataArray, target: NDArray[np.float32]) -> xr.DataArra
     return score.astype(np.float32)
 
 
-def _field(store: Path, zone: str, period: Period) -> xr.Dataset:
-    """The period's field, cut to the rectangle its records wrote."""
-    return written_part(open_embeddings(store, zone, period=period).isel(time=0), store, zone, period)
+def _field(store: Path, zone: str, period: Period, level: int) -> xr.Dataset:
+    """The period's field at overview `level`, cut to the rectangle its records wrote."""
+    field = open_embeddings(store, zone, period=period, level=level).isel(time=0)
+    return written_part(field, store, zone, period)
 
 
-def _change(store: Path, zone: str, before: Period, after: Period) -> xr.DataArray:
-    first = _field(store, zone, before).embedding
-    second = _field(store, zone, after).embedding
+def _change(store: Path, zone: str, before: Period, after: Period, level: int) -> xr.DataArray:
+    first = _field(store, zone, before, level).embedding
+    second = _field(store, zone, after, level).embedding
     first, second = xr.align(first, second, join="outer")  # the union of both periods' areas
     change: xr.DataArray = (1.0 - xr.dot(first, second, dim="band")).astype(np.float32)
     return change
@@ -151,11 +166,13 @@ def _write(
     written: dict[str, Any] = {"maps": [], "polygons": None, "what": what}
     areas = []
     for zone, score in scores.items():
-        path = out if len(scores) == 1 else out.with_name(f"{out.stem}_{zone}{out.suffix}")
+        path = zone_path(out, zone, len(scores))
         if path.exists():
             path.unlink()
         band = score.expand_dims(band=[1]).rio.write_nodata(np.nan)
-        write_cog(band, path, resampling="AVERAGE", descriptions=(what,), tags={"aef:map": what})
+        write_cog(
+            band, path, resampling="AVERAGE", descriptions=(what,), tags={"aef_map": what}
+        )  # not "aef:": GDAL splits at the colon
         written["maps"].append(str(path))
         if threshold is not None and polygons is not None:
             areas.append(_polygons(path, threshold))

@@ -1,7 +1,9 @@
 """Quicklooks: an RGB picture of a field from a PCA fitted once over the whole field.
 
     look = quicklook(Path("field.zarr"), period="2022", max_size=2048)
-    save_png(look, Path("quick.png"))
+    save_png(look, Path("quick.png"))          # every zone group on the first one's grid
+    save_cogs(look, Path("quick.tif"))         # RGBA COG(s): one per zone group, in its UTM CRS
+    save_cogs(look, Path("quick.tif"), "EPSG:4326")  # or every zone reprojected into one
 
 The three principal components are fitted on vectors drawn from every written tile of every
 zone group, and stretched by the 2nd-98th percentiles of that same sample, so every tile and
@@ -11,6 +13,10 @@ the coarsest stored overview level that still gives `max_size` pixels (a 100 km 
 reads level 3, 1/64 of the field), averaged further on dask where the levels stop, so what is
 read and held follows `max_size`, not the area. The PCA sample comes from that same level. A
 store without overviews is averaged from full resolution. Nodata is transparent.
+
+The COGs carry the same colours: the PNG's pixels, zone by zone, at the picture's pixel size
+(10 x block m: the overview level's own grid when the block is a level's), alpha 0 for no data.
+Reprojected (`crs`), each zone's pixels are resampled by nearest neighbour (colours stay colours).
 """
 
 from __future__ import annotations
@@ -23,33 +29,37 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 import zarr
+from affine import Affine
 from numpy.typing import NDArray
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from pyproj import CRS
+from pyproj.exceptions import CRSError
 from sklearn.decomposition import PCA
 
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TILE_PIXELS
 from aef_pipeline.maps.classify import mosaic
+from aef_pipeline.maps.raster import write_cog
 from aef_pipeline.maps.sample import choose_period, vectors_as_float
+from aef_pipeline.overviews import OVERVIEW_CHUNK_PX, overview_group, overview_levels
 from aef_pipeline.plan import Period
 from aef_pipeline.store import (
     CHUNK_PX,
-    OVERVIEW_CHUNK_PX,
     READ_CHUNK_PX,
     open_embeddings,
-    overview_group,
-    overview_levels,
     store_periods,
     written_areas,
     written_part,
     zone_attrs,
     zones_with,
 )
+from aef_pipeline.views.outputs import zone_path
 
 SAMPLE_CHUNKS = 64  # stored 128 px chunks the PCA is fitted on, drawn across every written tile
 SAMPLE_VECTORS = 20_000
 STRETCH = (2.0, 98.0)
+COG_BANDS = ("red: principal component 1", "green: principal component 2", "blue: principal component 3", "alpha")
 
 
 @dataclass
@@ -59,9 +69,17 @@ class Quicklook:
     period: Period
     explained_variance: list[float]
     crs: str
+    """Of `rgba`: the first zone group's UTM CRS."""
+    transform: Affine
+    """Of `rgba` in `crs`: picture pixels of 10 x block_px m."""
     block_px: int
     """Field pixels averaged into one picture pixel (along each axis)."""
     model_weights: str
+    zones: dict[str, xr.Dataset]
+    """Per zone group: the three components c1, c2, c3 at the picture's pixel size, in the zone's
+    UTM CRS (in memory: what `rgba` is drawn from, before the stretch)."""
+    stretch: tuple[NDArray[np.float64], NDArray[np.float64]]
+    """Each component's 2nd and 98th percentile over the PCA's sample: the values drawn as 0 and 255."""
 
 
 def quicklook(store: Path, period: Period | str | None = None, *, max_size: int = 2048, seed: int = 0) -> Quicklook:
@@ -81,17 +99,20 @@ def quicklook(store: Path, period: Period | str | None = None, *, max_size: int 
         written_part(open_embeddings(store, z, period=chosen, level=level).isel(time=0), store, z, chosen)
         for z in zones
     ]
-    pictures = [_components(ds, pca, block >> level, 10.0 * 2**level) for ds in fields]
-    picture = pictures[0] if len(pictures) == 1 else mosaic(pictures, str(pictures[0].rio.crs), _resolution(block))
-    rgba = _rgba(picture, low, high)
+    pictures = {z: _components(ds, pca, block >> level, 10.0 * 2**level) for z, ds in zip(zones, fields, strict=True)}
+    first = pictures[zones[0]]
+    picture = first if len(pictures) == 1 else mosaic(list(pictures.values()), str(first.rio.crs), _resolution(block))
     attrs = zone_attrs(store, zones[0]) or {}
     return Quicklook(
-        rgba,
+        _rgba(picture, low, high),
         chosen,
         [round(float(v), 4) for v in pca.explained_variance_ratio_],
         str(picture.rio.crs),
+        picture.rio.transform(),
         block,
         str(attrs.get("aef:model_weights")),
+        pictures,
+        (low, high),
     )
 
 
@@ -102,10 +123,40 @@ def save_png(look: Quicklook, out: Path) -> None:
     info.add_text("aef:explained_variance", json.dumps(look.explained_variance))
     info.add_text("aef:block_px", str(look.block_px))
     info.add_text("aef:crs", look.crs)
+    info.add_text("aef:transform", json.dumps(list(look.transform)[:6]))
     info.add_text("aef:model_weights", look.model_weights)
     partial = out.with_name(f".{out.name}.partial")
     Image.fromarray(look.rgba, "RGBA").save(partial, format="PNG", pnginfo=info)
     partial.replace(out)
+
+
+def save_cogs(look: Quicklook, out: Path, crs: str | None = None) -> list[Path]:
+    """The picture as RGBA COGs with overviews: one per zone group in its UTM CRS, named like the
+    similarity maps (`out` for one zone, else `quick_33N.tif`, ...), each exactly the PNG's colours;
+    with `crs`, every zone reprojected by nearest neighbour onto one grid of that CRS, in `out`.
+    Returns the paths written."""
+    pictures = look.zones if crs is None else {"": mosaic(list(look.zones.values()), crs, _resolution(look.block_px))}
+    # GDAL reads "aef:period" as item "period" of domain "aef": underscores keep the names whole.
+    tags = {
+        "aef_period": look.period.label,
+        "aef_explained_variance": json.dumps(look.explained_variance),
+        "aef_block_px": str(look.block_px),
+        "aef_model_weights": look.model_weights,
+    }
+    written = []
+    for zone, picture in pictures.items():
+        path = zone_path(out, zone, len(pictures))
+        write_cog(_rgba_bands(picture, *look.stretch), path, resampling="AVERAGE", descriptions=COG_BANDS, tags=tags)
+        written.append(path)
+    return written
+
+
+def checked_crs(text: str) -> str:
+    """`text` (EPSG:4326, a WKT, a PROJ string) as pyproj spells it, or a one-line refusal."""
+    try:
+        return str(CRS.from_user_input(text).to_string())
+    except CRSError:
+        raise UserInputError(f"--cog-crs {text!r} is not a CRS pyproj knows: give one like EPSG:4326") from None
 
 
 def _level(block: int, levels: int) -> int:
@@ -206,7 +257,11 @@ def _components(field: xr.Dataset, pca: PCA, block: int, resolution: float = 10.
         dask_gufunc_kwargs={"output_sizes": {"component": 3}},
     )
     ds = xr.Dataset({name: projected.isel(component=i) for i, name in enumerate(("c1", "c2", "c3"))}).compute()
-    located: xr.Dataset = ds.rio.write_crs(field.rio.crs)
+    step = resolution * block
+    corner = (float(embedding.x[0]) - step / 2, float(embedding.y[0]) + step / 2)
+    located: xr.Dataset = ds.rio.write_crs(field.rio.crs).rio.write_transform(
+        Affine(step, 0.0, corner[0], 0.0, -step, corner[1])
+    )
     return located
 
 
@@ -217,6 +272,18 @@ def _project(vectors: NDArray[np.float32], pca: PCA) -> NDArray[np.float64]:
     if valid.any():
         out[valid] = pca.transform(flat[valid])
     return out.reshape(*vectors.shape[:-1], 3)
+
+
+def _rgba_bands(picture: xr.Dataset, low: NDArray[np.float64], high: NDArray[np.float64]) -> xr.DataArray:
+    """The picture as (band, y, x) uint8 red, green, blue, alpha, with its CRS and transform."""
+    ys, xs = (picture[dim].values for dim in picture.c1.dims)
+    bands = xr.DataArray(
+        np.moveaxis(_rgba(picture, low, high), -1, 0),
+        dims=("band", "y", "x"),
+        coords={"band": [1, 2, 3, 4], "y": ys, "x": xs},
+    )
+    located: xr.DataArray = bands.rio.write_crs(picture.rio.crs).rio.write_transform(picture.rio.transform())
+    return located
 
 
 def _rgba(picture: xr.Dataset, low: NDArray[np.float64], high: NDArray[np.float64]) -> NDArray[np.uint8]:
