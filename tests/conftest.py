@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from aef_pipeline.testing import CatalogSpec, SyntheticCatalog, build_catalog, serve_catalogs
+from aef_pipeline.run import RunRequest, run
+from aef_pipeline.search import CatalogConfig
+from aef_pipeline.testing import CatalogSpec, SyntheticCatalog, build_catalog, serve_catalogs, write_static_catalog
+from tests.sites import BOTH_YEARS, SMALL
 
 # ../shared beside the checkout holds real provider items to compare against.
 SHARED = Path(os.environ.get("AEF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -71,3 +74,18 @@ def real_examples() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return folder
+
+
+@pytest.fixture(scope="session")
+def static_catalog(earth_search_catalog: SyntheticCatalog) -> CatalogConfig:
+    """The Earth Search test bed as a static catalog: files any process, or host, can read."""
+    return CatalogConfig(str(write_static_catalog(earth_search_catalog)))
+
+
+@pytest.fixture(scope="session")
+def clean_two_years(tmp_path_factory: pytest.TempPathFactory, static_catalog: CatalogConfig) -> Path:
+    """The field of tests.sites.SMALL for 2021-2022, run in this process with nothing going wrong:
+    what runs that were interrupted, lost a host or filled a disk must end up equal to. Read only."""
+    out = tmp_path_factory.mktemp("clean2") / "field.zarr"
+    run(RunRequest(SMALL, BOTH_YEARS, out, static_catalog, device="cpu"))
+    return out

@@ -21,7 +21,6 @@ from distributed import Client
 
 from aef_pipeline.catalog import stac_dir
 from aef_pipeline.cli import main
-from aef_pipeline.grid import BBox
 from aef_pipeline.load import ReadFailureWarning
 from aef_pipeline.lock import StoreLockedError, lock_path
 from aef_pipeline.model import load_spec
@@ -32,16 +31,10 @@ from aef_pipeline.store import tile_index, tile_region, written_tiles, zone_attr
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
 from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
+from tests.sites import BOTH_YEARS, SMALL
 
-SMALL = BBox(15.062, 46.197, 15.068, 46.203)  # one tile, a few windows
 PERIODS = (Period.year(2022),)
-BOTH_YEARS = (Period.year(2021), Period.year(2022))
 SMALL_ARGS = [str(v) for v in (SMALL.west, SMALL.south, SMALL.east, SMALL.north)]
-
-
-@pytest.fixture(scope="module")
-def static_catalog(earth_search_catalog: SyntheticCatalog) -> CatalogConfig:
-    return CatalogConfig(str(write_static_catalog(earth_search_catalog)))
 
 
 @pytest.fixture(scope="module")
@@ -320,13 +313,6 @@ def test_a_worker_killed_mid_task_changes_nothing(
     assert [task.status for task in report.tasks] == ["done"]
     assert_same_stores(clean_store, request.output)
     assert verify_store(request.output).ok
-
-
-@pytest.fixture(scope="module")
-def clean_two_years(tmp_path_factory: pytest.TempPathFactory, static_catalog: CatalogConfig) -> Path:
-    out = tmp_path_factory.mktemp("clean2") / "field.zarr"
-    run(RunRequest(SMALL, BOTH_YEARS, out, static_catalog, device="cpu"))
-    return out
 
 
 def test_a_run_killed_mid_way_is_finished_by_rerunning_it(
