@@ -91,8 +91,16 @@ def worker_environ() -> dict[str, Any]:
 
 
 @contextmanager
-def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0) -> Iterator[Client]:
-    """A client of an existing scheduler, or of a LocalCluster of `workers` processes."""
+def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots: int = 1) -> Iterator[Client]:
+    """A client of an existing scheduler, or of a LocalCluster of `workers` processes running
+    `slots` tasks each.
+
+    With two slots a worker searches, reads and writes one task while the other's forward passes
+    run (they take turns on the encoder: TaskContext.encoder_turn), so a GPU never waits for the
+    next tile's reads (docs/performance.md, figure 8). A GPU worker declares `slots` units of the
+    GPU resource, each task takes one. On a CPU the encoder already has every core, and a second
+    slot only halves each task's torch threads (cluster.threads_per_worker).
+    """
     if scheduler:
         try:
             client = Client(scheduler, timeout=f"{timeout_s}s")
@@ -105,11 +113,11 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0) -> Ite
             yield client
         return
     gpus = torch.cuda.device_count()
-    resources = {"GPU": 1} if gpus else None
+    resources = {"GPU": slots} if gpus else None
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}),
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", resources=resources
+            n_workers=workers, threads_per_worker=slots, processes=True, dashboard_address=":0", resources=resources
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,6 +67,10 @@ class EncodeOptions:
     """At most this many (window, frame) pairs per forward: a batch of long time series shrinks so
     memory stays bounded whatever a year holds (a full year is 70-150 frames per window). As many
     at most wait, across window rows, for their batch to fill."""
+    read_ahead: int = 1
+    """Row blocks read on a background thread while the encoder works on the current one, so that
+    reads and forward passes overlap; 0 reads each block only when it is needed. Memory: this
+    many more blocks."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,13 @@ def encode_cube(
     options: EncodeOptions = EncodeOptions(),
     *,
     provenance: Provenance,
+    turn: AbstractContextManager[Any] | None = None,
 ) -> xr.Dataset:
     """Embeddings of the cube's inner area (the cube minus `required_halo` on each side).
+
+    `turn` is held around each forward pass: tasks that share a model in one process (a worker
+    running two tasks per GPU) pass the same lock, so one reads while the other's forward pass
+    runs, and their passes never compete for the device.
 
     Returns `embedding` (dim, y, x) float32 unit vectors, NaN where a pixel had no valid
     observation, and `observations` (y, x) int16, the valid frames per pixel. The attributes say
@@ -138,14 +150,15 @@ def encode_cube(
     held: dict[tuple[int, int], _WindowInput] = {}  # inputs of the windows waiting for their batch
 
     def windows() -> Iterator[_Window]:
-        for row_block, row in _window_rows(cube, spec, stride, height, width, options.read_rows, observations):
+        for row_block, row in _window_rows(cube, spec, stride, (height, width), options, observations):
             for window in row:
                 held[window.row, window.col] = _window_input(row_block, window, times, spec)
                 yield window
 
     for batch in _batches(windows(), options):
         inputs = [held.pop((window.row, window.col)) for window in batch.windows]
-        vectors = _run(model, batch, inputs, period_ms, device)
+        with turn or nullcontext():
+            vectors = _run(model, batch, inputs, period_ms, device)
         _accumulate(total, vectors, batch.windows, spec, halo, options.overlap)
     field = _assemble(cube, total, observations, halo, height, width, spec)
     field.attrs.update(
@@ -187,26 +200,31 @@ def _inner_shape(cube: xr.Dataset, spec: ModelSpec, halo: int) -> tuple[int, int
 
 
 def _window_rows(
-    cube: xr.Dataset, spec: ModelSpec, stride: int, height: int, width: int, read_rows: int, observations: np.ndarray
+    cube: xr.Dataset,
+    spec: ModelSpec,
+    stride: int,
+    shape: tuple[int, int],
+    options: EncodeOptions,
+    observations: np.ndarray,
 ) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], list[_Window]]]:
     """One row of windows at a time (bounded memory).
 
     The cube is read in consecutive blocks of `read_rows` rows (a lazy cube's chunk rows, see
-    load_selection), each block exactly once; the rows a later window row still needs (windows
-    overlap by their context) stay in memory instead of being read again. `observations` (the
-    cube's rows x columns) receives each pixel's count of valid frames as its block is read.
+    load_selection), each block exactly once and up to `read_ahead` blocks ahead; the rows a later
+    window row still needs (windows overlap by their context) stay in memory instead of being read
+    again. `observations` (the cube's rows x columns) receives each pixel's count of valid frames
+    as its block is read.
 
     Window k's input starts at cube pixel k * stride on each axis: without overlap its core is
     the k-th core of the inner area; with overlap the cores start half a core before the area
     and step by half a core, one more per axis.
     """
+    height, width = shape
     extra = 0 if stride == spec.core else 1
     tops = list(range(0, (height // stride + extra) * stride, stride))
     held: tuple[np.ndarray, np.ndarray] | None = None
     held_from, pending = 0, 0  # first cube row held; index of the next window row to yield
-    for start in range(0, cube.sizes["y"], read_rows):
-        # One compute for both variables: they share their reads (the mask needs every band).
-        block = cube[["reflectance", "valid"]].isel(y=slice(start, start + read_rows)).compute()
+    for start, block in _read_blocks(cube, options.read_rows, options.read_ahead):
         reflectance = np.asarray(block.reflectance.values, dtype=np.float32)  # (T, C, rows, W)
         valid = np.asarray(block.valid.values, dtype=bool) & np.isfinite(reflectance).all(axis=1)
         observations[start : start + block.sizes["y"]] = valid.sum(axis=0)
@@ -226,6 +244,33 @@ def _window_rows(
             pending += 1
         keep = (tops[pending] if pending < len(tops) else held_to) - held_from
         held, held_from = (reflectance[:, :, keep:], valid[:, keep:]), held_from + keep
+
+
+def _read_blocks(cube: xr.Dataset, rows: int, ahead: int) -> Iterator[tuple[int, xr.Dataset]]:
+    """(first row, block in memory) of each `rows`-row block of the cube, in order, with up to
+    `ahead` blocks computed on a background thread while the caller works on the current one.
+    Each block is one compute of both variables: they share their reads (the mask needs every
+    band). The reads run on the dask scheduler the caller set (a task's read threads)."""
+    starts = list(range(0, cube.sizes["y"], rows))
+
+    def read(start: int) -> xr.Dataset:
+        return cube[["reflectance", "valid"]].isel(y=slice(start, start + rows)).compute()
+
+    if ahead < 1:
+        yield from ((start, read(start)) for start in starts)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="aef-read-ahead") as pool:
+        queued = deque(pool.submit(read, start) for start in starts[:ahead])
+        following = iter(starts[ahead:])
+        try:
+            for start in starts:
+                block = queued.popleft().result()
+                if (later := next(following, None)) is not None:
+                    queued.append(pool.submit(read, later))  # read while the caller encodes this block
+                yield start, block
+        finally:
+            for future in queued:
+                future.cancel()
 
 
 def _row_windows(top: int, valid: np.ndarray, spec: ModelSpec, stride: int, width: int, extra: int) -> list[_Window]:

@@ -42,6 +42,9 @@ class TaskEnvironment:
     fixed for every task of the run."""
     read_threads: int = 4
     """Threads reading a task's lazy cube (GDAL range requests and decoding)."""
+    read_ahead: int = 1
+    """Row blocks of the cube read on a background thread while the encoder works on the current
+    one (encode.EncodeOptions.read_ahead); 0 reads a block only when the encoder needs it."""
     gdal: GdalOptions = field(default_factory=GdalOptions)
     """GDAL settings for reading COGs; odc-stac ships them with each read."""
     reader: Any = None

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -235,6 +235,15 @@ def canonical_item(item: pystac.Item, asset_keys: dict[str, str]) -> pystac.Item
     return copy
 
 
+def selection_hrefs(selection: SceneSelection) -> set[str]:
+    """The hrefs (absolute, unsigned: as odc-stac names them) of every asset read for a selection."""
+    return {
+        item.assets[key].get_absolute_href() or item.assets[key].href
+        for item, info in zip(selection.items, selection.scenes, strict=True)
+        for key in dict(info.asset_keys).values()
+    }
+
+
 def default_url_signer() -> Callable[[str], str] | None:
     """planetary_computer.sign when that package is installed (it leaves other hosts' URLs alone)."""
     try:
@@ -274,15 +283,17 @@ _FAILURE = re.compile(r"Ignoring read failure reading (?P<uri>\S+):\d+ \(reason:
 
 
 @contextmanager
-def report_read_failures() -> Iterator[list[str]]:
+def report_read_failures(assets: Collection[str] | None = None) -> Iterator[list[str]]:
     """Collect the assets odc-stac skipped while computing in this process, and warn for each.
 
     odc-stac only logs a skipped read; this turns each log record into a ReadFailureWarning naming
     the asset, and yields the list for the run report. Reads on other processes (a distributed
     cluster) are seen by the worker that does them: compute a tile within one task to collect them.
+    `assets` (hrefs, unsigned) keeps only the failures of those assets: tasks that run side by side
+    in one process see each other's log records.
     """
     failures: list[str] = []
-    handler = _FailureHandler(failures)
+    handler = _FailureHandler(failures, None if assets is None else frozenset(assets))
     logger = logging.getLogger("odc.loader._rio")
     logger.addHandler(handler)
     try:
@@ -294,11 +305,14 @@ def report_read_failures() -> Iterator[list[str]]:
 
 
 class _FailureHandler(logging.Handler):
-    def __init__(self, sink: list[str]) -> None:
+    def __init__(self, sink: list[str], assets: frozenset[str] | None) -> None:
         super().__init__(level=logging.WARNING)
         self._sink = sink
+        self._assets = assets
 
     def emit(self, record: logging.LogRecord) -> None:
         match = _FAILURE.match(record.getMessage())
+        if match and self._assets is not None and not any(match["uri"].startswith(a) for a in self._assets):
+            return  # another task's asset (signed URLs and readers' names extend the href)
         if match and not any(entry.startswith(match["uri"] + " ") for entry in self._sink):  # once per asset
             self._sink.append(f"{match['uri']} ({match['reason'].splitlines()[0][:200]})")

@@ -2,11 +2,13 @@
 and a printable `Plan` of their cost (`aef-pipeline plan`). No network and no pixels: the scenes a
 plan counts are found by the caller (run.dry_run) and handed in.
 
-    tasks = plan_tasks(BBox(15.0, 46.1, 15.3, 46.3), (Period.year(2022),), spec)
+    tasks = plan_tasks(BBox(15.0, 46.1, 15.3, 46.3), (Period.year(2022),), spec.core)
+    tasks = plan_tasks(read_region(Path("areas.gpkg")), (Period.year(2022),), spec.core)
 
-Each task covers the part of one tile the bbox needs, rounded out to whole window cores (a 1 km^2
+Each task covers the part of one tile the area needs, rounded out to whole window cores (a 1 km^2
 request computes a few windows, not a 20 km tile), so windows, and therefore embeddings, do not
-depend on the bbox.
+depend on the area. A bbox plans every tile it touches; a Region (region.py) only the tiles its
+polygons meet, each window the bounding box of the region's part of the tile.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import DENSIFY_DEGREES, RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
+from aef_pipeline.region import TILE_M, Region, ZoneCover, zone_covers
 
 # The years the product covers (annual layers, as the published embeddings).
 PRODUCT_YEARS = (2017, 2024)
@@ -126,9 +130,10 @@ Window = tuple[int, int, int, int]
 """(row0, row1, col0, col1) pixels within a tile."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TileTask:
-    """One unit of work: the window of a tile that a bbox needs, for one period."""
+    """One unit of work: the window of a tile that an area needs, for one period. (Slots: a global
+    plan holds millions.)"""
 
     tile: TileId
     period: Period
@@ -150,15 +155,44 @@ class TileTask:
         return self.tile.geobox[r0:r1, c0:c1]
 
 
-def plan_tasks(bbox: BBox, periods: tuple[Period, ...], core: int) -> list[TileTask]:
-    """Every (tile window, period) the request needs, in a stable order; `core` is the model's
-    window core in pixels (windows are rounded out to whole cores)."""
-    tasks = []
-    for tile in tiles_for_bbox(bbox):
-        window = task_window(tile, bbox, core)
-        if window is not None:
-            tasks += [TileTask(tile, period, window) for period in periods]
-    return tasks
+def plan_tasks(area: BBox | Region, periods: tuple[Period, ...], core: int) -> list[TileTask]:
+    """Every (tile window, period) the request needs, in a stable order (by tile, then period);
+    `core` is the model's window core in pixels (windows are rounded out to whole cores)."""
+    return [TileTask(tile, period, window) for tile, window in plan_windows(area, core) for period in periods]
+
+
+def plan_windows(area: BBox | Region, core: int) -> list[tuple[TileId, Window]]:
+    """Every tile the area needs, sorted, with its window (the same for every period)."""
+    return region_windows(area, core) if isinstance(area, Region) else bbox_windows(area, core)
+
+
+def bbox_windows(bbox: BBox, core: int) -> list[tuple[TileId, Window]]:
+    """Every tile the bbox touches, sorted, with its task window."""
+    return [(tile, window) for tile in tiles_for_bbox(bbox) if (window := task_window(tile, bbox, core)) is not None]
+
+
+def region_windows(region: Region, core: int) -> list[tuple[TileId, Window]]:
+    """Every tile the region meets, sorted, with the bounding box of the region's part of it
+    rounded out to whole cores: what task_window gives a bbox with those bounds."""
+    return [found for cover in zone_covers(region) for found in _cover_windows(cover, core)]
+
+
+def _cover_windows(cover: ZoneCover, core: int) -> list[tuple[TileId, Window]]:
+    """task_window's arithmetic (_span_window's) on every tile of a zone at once."""
+    left, bottom, right, top = cover.bounds.T
+    x0, y0 = cover.cols * float(TILE_M), (cover.rows + 1) * float(TILE_M)  # each tile's top-left corner
+    edges = (
+        _down_all((y0 - top) / RESOLUTION_M, core),
+        _up_all((y0 - bottom) / RESOLUTION_M, core),
+        _down_all((left - x0) / RESOLUTION_M, core),
+        _up_all((right - x0) / RESOLUTION_M, core),
+    )
+    windows = zip(*(edge.tolist() for edge in edges), strict=True)
+    tiles = [
+        TileId(cover.zone, cover.hemisphere, c, r)
+        for c, r in zip(cover.cols.tolist(), cover.rows.tolist(), strict=True)
+    ]
+    return list(zip(tiles, windows, strict=True))
 
 
 def task_window(tile: TileId, bbox: BBox, core: int) -> Window | None:
@@ -190,6 +224,16 @@ def _down(value: float, core: int) -> int:
 
 def _up(value: float, core: int) -> int:
     return max(0, min(TILE_PIXELS, math.ceil(value / core) * core))
+
+
+def _down_all(values: NDArray[np.float64], core: int) -> NDArray[np.int64]:
+    """_down of every value."""
+    return np.clip(np.floor(values / core).astype(np.int64) * core, 0, TILE_PIXELS)
+
+
+def _up_all(values: NDArray[np.float64], core: int) -> NDArray[np.int64]:
+    """_up of every value."""
+    return np.clip(np.ceil(values / core).astype(np.int64) * core, 0, TILE_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -241,9 +285,7 @@ class Plan:
 
     @property
     def store_bytes(self) -> int:
-        """The free space a run needs: the embedding at the storage's width plus the int16
-        observation count per pixel, before compression (which barely shrinks embeddings)."""
-        return self.pixels * (self.output_dim * np.dtype(self.storage).itemsize + 2)
+        return store_bytes(self.pixels, self.storage, self.output_dim)
 
     def lines(self) -> list[str]:
         """The plan as `aef-pipeline plan` prints it: one line per task, then the totals."""
@@ -260,6 +302,47 @@ class Plan:
             f"{CPU_FLOPS / 1e9:.0f} GFLOP/s, ~{_duration(self.flops / GPU_FLOPS)} on a GPU at "
             f"{GPU_FLOPS / 1e12:.0f} TFLOP/s (docs/performance.md)",
         ]
+
+
+@dataclass(frozen=True)
+class PlanCounts:
+    """A plan without a search (`aef-pipeline plan --no-search`): what the tasks cover and will
+    write. What they read and compute depends on the scenes, which are not looked for."""
+
+    tasks: int
+    tiles: int
+    zones: int
+    """UTM zones and hemispheres (store groups hold a zone each; a hemisphere is part of it)."""
+    pixels: int
+    model: str
+    storage: str
+    output_dim: int = 64
+
+    @classmethod
+    def of(
+        cls, windows: list[tuple[TileId, Window]], periods: int, model: str, storage: str, output_dim: int = 64
+    ) -> PlanCounts:
+        """The counts of plan_windows' `windows`, each planned for `periods` periods."""
+        zones = len({(tile.zone, tile.hemisphere) for tile, _ in windows})
+        pixels = sum((r1 - r0) * (c1 - c0) for _, (r0, r1, c0, c1) in windows)
+        return cls(len(windows) * periods, len(windows), zones, pixels * periods, model, storage, output_dim)
+
+    @property
+    def store_bytes(self) -> int:
+        return store_bytes(self.pixels, self.storage, self.output_dim)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.tasks:,} tasks ({self.tiles:,} tile windows in {self.zones} UTM zones/hemispheres), "
+            f"{self.pixels:,} px, ~{self.store_bytes / 1e9:,.2f} GB to write ({self.storage}), model {self.model}",
+            "no catalog searched (--no-search): plan without it for the scenes, the bytes to read and encoding time",
+        ]
+
+
+def store_bytes(pixels: int, storage: str, output_dim: int) -> int:
+    """The free space a run needs: the embedding at the storage's width plus the int16
+    observation count per pixel, before compression (which barely shrinks embeddings)."""
+    return pixels * (output_dim * np.dtype(storage).itemsize + 2)
 
 
 def _duration(seconds: float) -> str:

@@ -1,6 +1,8 @@
 """The pipeline: plan -> per (tile window, period) task: search -> load -> preprocess -> encode -> write.
 
     report = run(RunRequest(BBox(15.0, 46.1, 15.3, 46.3), (Period.year(2022),), Path("field.zarr")))
+    region = read_region(Path("areas.gpkg"))  # or an area of any shape: only the tiles it meets
+    report = run(RunRequest(region.bbox, (Period.year(2022),), Path("field.zarr"), region=region))
 
 `run` plans on the client, writes the store's template, hands the tasks to a submitter (this
 process by default; cluster.run_on_cluster plugs in dask) and records the report. `process_task`
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -29,11 +32,12 @@ from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.environment import TaskEnvironment, applied, available_cores
 from aef_pipeline.errors import AefError, AefWarning, StorageFullError, TileUnreadableError
 from aef_pipeline.grid import BBox
-from aef_pipeline.load import load_selection, report_read_failures
+from aef_pipeline.load import load_selection, report_read_failures, selection_hrefs
 from aef_pipeline.lock import store_lock
 from aef_pipeline.model import LoadedModel, ModelSpec, check_weights, load_model, load_spec, provenance_of
-from aef_pipeline.plan import Period, Plan, TileTask, plan_tasks, task_cost
+from aef_pipeline.plan import Period, Plan, PlanCounts, TileTask, plan_tasks, plan_windows, task_cost
 from aef_pipeline.preprocess import mask_policy, preprocess
+from aef_pipeline.region import Region
 from aef_pipeline.report import RunReport, TaskResult, TaskStatus
 from aef_pipeline.search import CatalogConfig, SceneSelection, SceneSource, open_source, search_tile
 from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
@@ -47,6 +51,7 @@ class RunRequest:
     """Everything one run needs; the only input of `run`."""
 
     bbox: BBox
+    """The area, or the bounds of `region` when there is one."""
     periods: tuple[Period, ...]
     output: Path
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
@@ -61,6 +66,22 @@ class RunRequest:
     """Windows per forward pass; part of what a field is (see encode.py): keep it for a store."""
     environment: TaskEnvironment = field(default_factory=TaskEnvironment)
     """Threads and GDAL settings of every task; torch threads are fixed when the run starts."""
+    region: Region | None = None
+    """An area of any shape (region.py): only the tiles it meets are planned, not all of `bbox`."""
+
+    def __post_init__(self) -> None:
+        if self.region is not None and self.bbox != self.region.bbox:
+            raise ValueError("a RunRequest with a region needs bbox=region.bbox")
+
+    @property
+    def area(self) -> BBox | Region:
+        """What is planned: the region when there is one, else the bbox."""
+        return self.bbox if self.region is None else self.region
+
+    def for_tasks(self) -> RunRequest:
+        """The request as tasks receive it: without the region, which they do not need (each
+        carries its window) and which would be shipped with every task (megabytes for a land mask)."""
+        return replace(self, region=None)
 
 
 @dataclass
@@ -71,6 +92,9 @@ class TaskContext:
 
     model: LoadedModel
     sources: dict[CatalogConfig, SceneSource] = field(default_factory=dict)
+    encoder_turn: threading.Lock = field(default_factory=threading.Lock)
+    """Held around each forward pass: tasks running side by side in this process (two per GPU)
+    take turns on the encoder while the other one searches, reads and writes."""
 
     def source(self, catalog: CatalogConfig) -> SceneSource:
         if catalog not in self.sources:
@@ -97,7 +121,7 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
     request = fixed_threads(request, available_cores())
     spec = load_spec(request.model)
     check_weights(spec)  # a bad checkpoint is refused before anything is written
-    tasks = plan_tasks(request.bbox, request.periods, spec.core)
+    tasks = plan_tasks(request.area, request.periods, spec.core)
     report = RunReport(dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), describe(request))
     with store_lock(request.output):
         try:
@@ -108,7 +132,7 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
                 layout(request, spec),
                 overwrite=request.overwrite,
             )
-            collect((submit or in_process)(tasks, request), report)
+            collect((submit or in_process)(tasks, request.for_tasks()), report)
             finalize(request.output)
             write_stac(request.output)
         except (OSError, StorageFullError) as error:
@@ -194,7 +218,7 @@ def process_task(task: TileTask, request: RunRequest, context: TaskContext) -> T
         if selection.empty:
             result.status = TaskStatus.EMPTY
             return result
-        embeddings = load_and_encode(task, request, context.model, selection, result)
+        embeddings = load_and_encode(task, request, context.model, selection, result, context.encoder_turn)
         write(task, request, context.model, embeddings, result)
     return result
 
@@ -213,16 +237,26 @@ def search(task: TileTask, request: RunRequest, context: TaskContext, result: Ta
 
 
 def load_and_encode(
-    task: TileTask, request: RunRequest, model: LoadedModel, selection: SceneSelection, result: TaskResult
+    task: TileTask,
+    request: RunRequest,
+    model: LoadedModel,
+    selection: SceneSelection,
+    result: TaskResult,
+    turn: threading.Lock | None = None,
 ) -> xr.Dataset:
     """The task's embeddings. The cube stays lazy: encode_cube reads it one row of windows at a
     time, so a task's memory is a row block (L rows x the window's width x frames x bands) plus the
     model's activations, whatever the tile holds. Reads run on this process's threads, where read
     failures are seen; a task none of whose pixels could be read raises TileUnreadableError."""
     spec, area = model.spec, task.geobox()
-    options = EncodeOptions(device=request.device, batch_size=request.batch_size, overlap=request.overlap)
+    options = EncodeOptions(
+        device=request.device,
+        batch_size=request.batch_size,
+        overlap=request.overlap,
+        read_ahead=request.environment.read_ahead,
+    )
     load_area = area.pad(required_halo(spec, request.overlap))
-    with report_read_failures() as failures:
+    with report_read_failures(selection_hrefs(selection)) as failures:
         with result.timed("load"):
             loaded = load_selection(
                 selection,
@@ -234,7 +268,9 @@ def load_and_encode(
             )
             cube = preprocess(loaded, selection.scenes, spec.bands, core=area, policy=mask_policy(spec.mask_clouds))
         with result.timed("encode"):  # includes the lazy reads of the reflectance bands
-            embeddings = encode_cube(cube, task.period, model.encoder, spec, options, provenance=model.provenance)
+            embeddings = encode_cube(
+                cube, task.period, model.encoder, spec, options, provenance=model.provenance, turn=turn
+            )
     result.read_failures = list(failures)
     if result.read_failures and not int(embeddings.observations.max()):
         raise TileUnreadableError(
@@ -261,14 +297,14 @@ def write(task: TileTask, request: RunRequest, model: LoadedModel, embeddings: x
 
 def dry_run(request: RunRequest) -> Plan:
     """`aef-pipeline plan`: every task with the scenes its search finds and what it would read,
-    write and compute; reads no pixel."""
+    write and compute; reads no pixel, but searches once per task (see count_tasks)."""
     from aef_pipeline.model.flops import flops_per_window  # builds the model on torch's meta device
 
     spec = load_spec(request.model)
     source, halo = open_source(request.catalog), required_halo(spec, request.overlap)
     costs, window_flops = [], {}  # FLOPs by frame count: tasks of one area mostly share theirs
     with applied(request.environment):
-        for task in plan_tasks(request.bbox, request.periods, spec.core):
+        for task in plan_tasks(request.area, request.periods, spec.core):
             found = search_tile(
                 source, task.geobox().pad(halo), task.period, spec.bands, request.max_cloud_cover, tile=str(task.tile)
             )
@@ -278,6 +314,15 @@ def dry_run(request: RunRequest) -> Plan:
             scenes, dropped = len(found.items), len(found.skipped)
             costs.append(task_cost(task, scenes, dropped, halo, len(spec.bands), window_flops[frames], spec.core))
     return Plan(tuple(costs), spec.name, request.storage, spec.output_dim)
+
+
+def count_tasks(request: RunRequest) -> PlanCounts:
+    """`aef-pipeline plan --no-search`: the tasks, pixels and store size of a request, without
+    asking the catalog anything (a global land mask plans in seconds; searching its 3 million
+    tile-periods one by one would take days)."""
+    spec = load_spec(request.model)
+    windows = plan_windows(request.area, spec.core)
+    return PlanCounts.of(windows, len(request.periods), spec.name, request.storage, spec.output_dim)
 
 
 def out_of_space(error: BaseException) -> bool:
@@ -314,9 +359,11 @@ def progress(output: Path, tasks: list[TileTask]) -> str:
 
 
 def describe(request: RunRequest) -> dict[str, Any]:
-    """The request as the run report records it."""
+    """The request as the run report records it (a region by its file name and sha256)."""
+    region = {} if request.region is None else {"region": request.region.describe()}
     return {
         "bbox": asdict(request.bbox),
+        **region,
         "periods": [p.label for p in request.periods],
         "output": str(request.output),
         "catalog": request.catalog.url,

@@ -8,7 +8,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import geopandas as gpd
 import pytest
+import shapely
 import torch
 
 from aef_pipeline.cli import main
@@ -53,6 +55,16 @@ def write_fixtures(tmp: Path) -> dict[str, str]:
     files["not_store"] = tmp / "not-a-store"
     files["not_store"].mkdir()
     (files["not_store"] / "notes.txt").write_text("mine")
+    files["empty_region"] = tmp / "empty.geojson"
+    files["empty_region"].write_text('{"type": "FeatureCollection", "features": []}')
+    files["point_region"] = tmp / "point.geojson"
+    files["point_region"].write_text('{"type": "Point", "coordinates": [15.06, 46.2]}')
+    files["wide_region"] = tmp / "wide.geojson"  # drawn across the antimeridian, not split there
+    files["wide_region"].write_text(
+        '{"type": "Polygon", "coordinates": [[[179, 60], [181, 60], [181, 61], [179, 60]]]}'
+    )
+    files["no_crs_region"] = tmp / "no-crs.parquet"
+    gpd.GeoDataFrame(geometry=[shapely.box(15.06, 46.19, 15.07, 46.2)]).to_parquet(files["no_crs_region"])
     files["full_dir"] = tmp / "full"
     files["full_dir"].mkdir()
     (files["full_dir"] / "x").write_text("x")
@@ -84,7 +96,42 @@ class Case:
 
 
 CASES = [
-    Case("no bbox", (*RUN, "--years", "2022", "--out", "{out}"), ("no area given", "pass --bbox W S E N")),
+    Case("no bbox", (*RUN, "--years", "2022", "--out", "{out}"), ("no area given", "pass --bbox W S E N or --region")),
+    Case(
+        "bbox and region",
+        (*RUN, *AREA, "--region", "{tmp}/areas.gpkg"),
+        ("both --bbox and --region given", "give one of them"),
+    ),
+    Case(
+        "region file missing",
+        (*RUN, "--region", "{tmp}/areas.gpkg", "--years", "2022", "--out", "{out}"),
+        ("region file {tmp}/areas.gpkg not found", "give a GeoJSON, GeoPackage or GeoParquet file of polygons"),
+    ),
+    Case(
+        "region file not a vector file",
+        (*RUN, "--region", "{bad_toml}", "--years", "2022", "--out", "{out}"),
+        ("cannot read a region from {bad_toml}",),
+    ),
+    Case(
+        "region file without features",
+        (*RUN, "--region", "{empty_region}", "--years", "2022", "--out", "{out}"),
+        ("{empty_region} holds no features",),
+    ),
+    Case(
+        "region file without a CRS",
+        (*RUN, "--region", "{no_crs_region}", "--years", "2022", "--out", "{out}"),
+        ("{no_crs_region} declares no CRS", "write the file with its CRS"),
+    ),
+    Case(
+        "region of points",
+        (*RUN, "--region", "{point_region}", "--years", "2022", "--out", "{out}"),
+        ("features [0] are not polygons (the first is a point)", "buffer points or lines first"),
+    ),
+    Case(
+        "region across the antimeridian, not split",
+        (*RUN, "--region", "{wide_region}", "--years", "2022", "--out", "{out}"),
+        ("region wide.geojson spans 179 60 181 61", "split it at the antimeridian"),
+    ),
     Case(
         "bbox of three numbers",
         (*RUN, "--bbox", "1", "2", "3", "--years", "2022", "--out", "{out}"),

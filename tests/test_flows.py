@@ -11,6 +11,7 @@ from distributed import LocalCluster
 
 import aef_pipeline
 from aef_pipeline.plan import parse_periods
+from aef_pipeline.region import read_region
 from aef_pipeline.run import RunRequest, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
@@ -45,8 +46,10 @@ def test_annual_field_flow_on_a_local_cluster(tmp_path: Path, earth_search_catal
     assert verification.checked > 0
 
     # The same request run in this process, without the scheduler, writes the same field.
-    bbox, periods = annual_field.region_bbox(region), parse_periods(years, [])
-    plain = RunRequest(bbox, periods, tmp_path / "plain.zarr", CatalogConfig(stac), model=model, device="cpu")
+    area, periods = read_region(region), parse_periods(years, [])
+    plain = RunRequest(
+        area.bbox, periods, tmp_path / "plain.zarr", CatalogConfig(stac), model=model, device="cpu", region=area
+    )
     report = run(plain)
     assert {task.status for task in report.tasks} == {"done"}
     assert_same_stores(flow_store, plain.output)

@@ -304,7 +304,8 @@ def test_window_cores_tile_the_inner_area_on_the_global_lattice(
     assert (height, width) == (n_rows * core, n_cols * core)
     stride = core // 2 if overlap else core
     observations = np.zeros((cube.sizes["y"], cube.sizes["x"]), np.int16)
-    rows = list(_window_rows(cube, spec, stride, height, width, read_rows, observations))
+    options = EncodeOptions(read_rows=read_rows, read_ahead=seed % 3)  # read ahead by 0, 1 or 2 blocks
+    rows = list(_window_rows(cube, spec, stride, (height, width), options, observations))
 
     reflectance = cube.reflectance.values
     valid = cube.valid.values & np.isfinite(reflectance).all(axis=1)

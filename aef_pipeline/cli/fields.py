@@ -34,6 +34,12 @@ def add_commands(commands: Any) -> None:
     run.set_defaults(handler=run_command)
     plan = commands.add_parser("plan", help="dry run: tiles, periods, scenes found, pixels and bytes to read")
     add_area_arguments(plan)
+    plan.add_argument(
+        "--no-search",
+        action="store_true",
+        help="only count tasks, pixels and the store's size, without searching the catalog (no network): for "
+        "areas too large to search tile by tile",
+    )
     plan.set_defaults(handler=plan_command)
 
 
@@ -79,12 +85,13 @@ def _progress(request: RunRequest) -> str:
     from aef_pipeline.plan import plan_tasks
     from aef_pipeline.run import progress
 
-    return progress(request.output, plan_tasks(request.bbox, request.periods, load_spec(request.model).core))
+    return progress(request.output, plan_tasks(request.area, request.periods, load_spec(request.model).core))
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    from aef_pipeline.run import dry_run
+    from aef_pipeline.run import count_tasks, dry_run
 
-    for line in dry_run(request_from(args)).lines():
+    request = request_from(args)
+    for line in (count_tasks(request) if args.no_search else dry_run(request)).lines():
         print(line)
     return 0

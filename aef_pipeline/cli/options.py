@@ -13,6 +13,8 @@ from aef_pipeline.errors import UserInputError
 from aef_pipeline.plan import parse_periods
 
 if TYPE_CHECKING:
+    from aef_pipeline.grid import BBox
+    from aef_pipeline.region import Region
     from aef_pipeline.run import RunRequest
 
 EXIT_FAILED = 1  # some tile-periods failed, or the disk filled up: rerun to finish
@@ -33,6 +35,13 @@ def add_area_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar=("W", "S", "E", "N"),
         help="area in degrees; W > E means across the antimeridian",
+    )
+    parser.add_argument(
+        "--region",
+        type=Path,
+        metavar="FILE",
+        help="area of any shape instead of --bbox: polygons in a GeoJSON, GeoPackage or GeoParquet file (any CRS); "
+        "only the tiles they meet are planned",
     )
     parser.add_argument("--years", help="calendar years: 2020, 2017-2024 or 2018,2020 (2017-2024)")
     parser.add_argument(
@@ -74,7 +83,7 @@ def with_config(args: argparse.Namespace, argv: Sequence[str] | None) -> argpars
 
 def _config_value(name: str, value: Any) -> Any:
     """A TOML value as argparse would have given it: paths as Path, repeatable options as lists."""
-    if name == "out":
+    if name in ("out", "region") and isinstance(value, str):
         return Path(value)
     if name in ("collection", "period") and isinstance(value, str):
         return [value]
@@ -84,16 +93,16 @@ def _config_value(name: str, value: Any) -> Any:
 def request_from(args: argparse.Namespace) -> RunRequest:
     """The RunRequest the options describe (plan's has no output)."""
     from aef_pipeline.environment import TaskEnvironment
-    from aef_pipeline.grid import BBox
     from aef_pipeline.run import RunRequest
     from aef_pipeline.search import CatalogConfig
 
-    if not args.bbox:
-        raise UserInputError("no area given: pass --bbox W S E N (or bbox = [W, S, E, N] in --config)")
+    if args.bbox and args.region:
+        raise UserInputError("both --bbox and --region given (one may come from --config): give one of them")
+    if not args.bbox and not args.region:
+        raise UserInputError("no area given: pass --bbox W S E N or --region FILE (or bbox = [W, S, E, N] in --config)")
     if hasattr(args, "out") and args.out is None:
         raise UserInputError('no output given: pass --out PATH (or out = "PATH" in --config)')
-    west, south, east, north = _four_numbers(args.bbox)
-    bbox = BBox(west, south, east, north, crosses_antimeridian=west > east)
+    bbox, region = _area(args)
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise UserInputError(f"--threads {threads} is not a thread count: give 1 or more, or leave it out")
@@ -102,6 +111,7 @@ def request_from(args: argparse.Namespace) -> RunRequest:
     )
     return RunRequest(
         bbox=bbox,
+        region=region,
         periods=parse_periods(args.years, args.period),
         output=getattr(args, "out", Path("unused")),
         catalog=catalog,
@@ -112,6 +122,18 @@ def request_from(args: argparse.Namespace) -> RunRequest:
         storage=getattr(args, "storage", "int8"),
         environment=TaskEnvironment(torch_threads=threads),
     )
+
+
+def _area(args: argparse.Namespace) -> tuple[BBox, Region | None]:
+    """The bbox of --bbox, or the region of --region with its bounds."""
+    from aef_pipeline.grid import BBox
+    from aef_pipeline.region import read_region
+
+    if args.region:
+        region = read_region(Path(args.region))
+        return region.bbox, region
+    west, south, east, north = _four_numbers(args.bbox)
+    return BBox(west, south, east, north, crosses_antimeridian=west > east), None
 
 
 def _four_numbers(bbox: Any) -> tuple[float, float, float, float]:

@@ -55,8 +55,8 @@ def train_set_command(args: argparse.Namespace) -> int:
 
 
 def training_request(args: argparse.Namespace) -> TrainingSetRequest:
-    """The request the options describe, through `run`'s own option checks (bbox, years, periods,
-    catalog, model)."""
+    """The request the options describe, through `run`'s own option checks (bbox or region, years,
+    periods, catalog, model)."""
     from aef_pipeline.training.trainset import TrainingSetRequest
 
     if args.workers is not None and args.workers < 1:
@@ -64,6 +64,7 @@ def training_request(args: argparse.Namespace) -> TrainingSetRequest:
     run = request_from(args)
     return TrainingSetRequest(
         bbox=run.bbox,
+        region=run.region,
         periods=run.periods,
         output=run.output,
         catalog=run.catalog,

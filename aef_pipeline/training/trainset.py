@@ -21,7 +21,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Generator
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from aef_pipeline.lock import store_lock
 from aef_pipeline.model import ModelSpec, load_spec
 from aef_pipeline.plan import Period, TileTask, plan_tasks
 from aef_pipeline.preprocess import MaskPolicy, fuse_overpasses, harmonise
+from aef_pipeline.region import Region
 from aef_pipeline.report import TaskResult, TaskStatus
 from aef_pipeline.run import TaskFailedWarning, out_of_space
 from aef_pipeline.search import CatalogConfig, SceneSelection, SceneSource, open_source, search_tile
@@ -68,6 +69,7 @@ class TrainingSetRequest:
     """Everything one `train-set` build needs; the only input of `build_training_set`."""
 
     bbox: BBox
+    """The area, or the bounds of `region` when there is one."""
     periods: tuple[Period, ...]
     """Each task's period is the support period of its windows."""
     output: Path
@@ -84,18 +86,34 @@ class TrainingSetRequest:
     overwrite: bool = False
     """Replace whatever `output` holds (else only a set of the same request is resumed)."""
     environment: TaskEnvironment = field(default_factory=TaskEnvironment)
+    region: Region | None = None
+    """An area of any shape (region.py): only the tiles it meets are planned, not all of `bbox`."""
 
     def __post_init__(self) -> None:
+        if self.region is not None and self.bbox != self.region.bbox:
+            raise ValueError("a TrainingSetRequest with a region needs bbox=region.bbox")
         for name, value in (("--windows", self.windows_per_task), ("--max-frames", self.max_frames)):
             if value < 1:
                 raise UserInputError(f"{name} {value} is not a count: give 1 or more")
         if self.seed < 0:
             raise UserInputError(f"--seed {self.seed} is negative: give 0 or more")
 
+    @property
+    def area(self) -> BBox | Region:
+        """What is planned: the region when there is one, else the bbox."""
+        return self.bbox if self.region is None else self.region
+
+    def for_tasks(self) -> TrainingSetRequest:
+        """The request as jobs receive it: without the region (see RunRequest.for_tasks)."""
+        return replace(self, region=None)
+
     def describe(self) -> dict[str, Any]:
-        """What the set records of its request, and what a resumed build must match."""
+        """What the set records of its request, and what a resumed build must match (a region by
+        its file name and sha256)."""
+        region = {} if self.region is None else {"region": self.region.describe()}
         return {
             "bbox": asdict(self.bbox),
+            **region,
             "periods": [p.label for p in self.periods],
             "catalog": self.catalog.url,
             "collections": list(self.catalog.collections),
@@ -171,7 +189,7 @@ def build_training_set(request: TrainingSetRequest, submit: Submit | None = None
     once every task is recorded. A failed task leaves the set unfinished: rerun to retry it."""
     started = time.perf_counter()
     spec = load_spec(request.model)
-    tasks = plan_tasks(request.bbox, request.periods, spec.core)
+    tasks = plan_tasks(request.area, request.periods, spec.core)
     report = TrainingSetReport(request.output, len(tasks))
     sources = SourceCache()
     with applied(request.environment):
@@ -181,7 +199,7 @@ def build_training_set(request: TrainingSetRequest, submit: Submit | None = None
         recorded = [fmt.task_recorded(request.output, i) for i in range(len(tasks))]
         report.tasks += [TaskResult.of(t, TaskStatus.SKIPPED) for t, done in zip(tasks, recorded, strict=True) if done]
         jobs = [TrainJob(i, task) for i, task in enumerate(tasks) if not recorded[i]]
-        collect((submit or in_process(sources))(jobs, request), report)
+        collect((submit or in_process(sources))(jobs, request.for_tasks()), report)
         finish(request.output, report)
     report.seconds = round(time.perf_counter() - started, 2)
     return report
