@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import socket
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -91,9 +92,9 @@ def worker_environ() -> dict[str, Any]:
 
 
 @contextmanager
-def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots: int = 1) -> Iterator[Client]:
+def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots: int | None = None) -> Iterator[Client]:
     """A client of an existing scheduler, or of a LocalCluster of `workers` processes running
-    `slots` tasks each.
+    `slots` tasks each (default: two on a machine with a GPU, else one).
 
     With two slots a worker searches, reads and writes one task while the other's forward passes
     run (they take turns on the encoder: TaskContext.encoder_turn), so a GPU never waits for the
@@ -103,16 +104,19 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots:
     """
     if scheduler:
         try:
+            _check_listening(scheduler)
             client = Client(scheduler, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as error:
+            how = "refused the connection" if isinstance(error, ConnectionRefusedError) else f"within {timeout_s:g} s"
             raise UserInputError(
-                f"dask scheduler {scheduler} did not answer within {timeout_s:g} s ({type(error).__name__}): "
+                f"dask scheduler {scheduler} did not answer ({how}, {type(error).__name__}): "
                 "check the address, or leave --scheduler out to start a local cluster"
             ) from None
         with client:
             yield client
         return
     gpus = torch.cuda.device_count()
+    slots = slots or (2 if gpus else 1)
     resources = {"GPU": slots} if gpus else None
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}),
@@ -122,6 +126,15 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots:
         Client(cluster) as client,
     ):
         yield client
+
+
+def _check_listening(address: str) -> None:
+    """Raise ConnectionRefusedError at once when nothing listens at a tcp:// or tls:// address
+    (dask's client would retry until its timeout); other protocols are left to dask."""
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme in ("tcp", "tls") and parts.hostname and parts.port:
+        with socket.create_connection((parts.hostname, parts.port), timeout=5):
+            pass
 
 
 def dask_submitter(client: Client, max_in_flight: int | None = None, progress: bool = True) -> Submit:

@@ -128,6 +128,7 @@ def load_selection(
         stac_cfg=_STAC_CFG,
         patch_url=sign_url or default_url_signer(),
         driver=reader,
+        fuse_func=_fuser(items),
     )
     parts = []
     with rasterio.Env(**gdal.env()):
@@ -142,6 +143,23 @@ def load_selection(
             parts.append(_upsampled(load, coarse_reflectance, geobox, rows, lazy=chunk_rows is not None))
     merged = xr.merge(parts, compat="override", join="override", combine_attrs="override")
     return merged[names]
+
+
+def replace_fuser(dst: np.ndarray, src: np.ndarray) -> None:
+    """odc-stac fuser for a frame read from one file: a plain copy.
+
+    odc-stac fills each chunk of a frame with nodata, reads every source of the frame into a new
+    array and copies it in where the chunk is still nodata. With `groupby="id"` and unique ids a
+    frame has one source, so the masked copy (a mask over the chunk and a masked copy: about a
+    tenth of the load's time) gives exactly what a plain copy does."""
+    np.copyto(dst, src)
+
+
+def _fuser(items: Sequence[pystac.Item]) -> str | None:
+    """`replace_fuser`'s importable name when every frame has one source (unique item ids), else
+    None (odc-stac's nodata fuser)."""
+    unique = len({item.id for item in items}) == len(items)
+    return f"{__name__}.{replace_fuser.__name__}" if unique else None
 
 
 def _row_chunks(rows: int | None) -> dict[str, int | Literal["auto"]] | None:

@@ -1,6 +1,7 @@
 """Figure 8: overlap of loading and encoding across the tasks of a run, as on a GPU node.
 
-    python -m benchmarks.overlap [--tasks 4] [--slots 2] [--read-ahead 1]
+    python -m benchmarks.overlap [--tasks 4] [--slots 2] [--read-ahead 1] [--read-threads 1]
+    python -m benchmarks.overlap --device cuda --spec paper --read-threads 8   # on a GPU node
 
 On a GPU node the encoder is one device and the node's CPU cores load; a run keeps the device
 busy only if the next tile-period is searched and read while the current one encodes. This
@@ -54,15 +55,15 @@ LIGHT_SPEC = Path(__file__).parent / "specs" / "light.toml"
 TASK_HALF_M = 10_000  # 1,008 px per task: two 512-row read blocks with the halo
 
 
-def overlap_figure(request: RunRequest, slots: int = 2, read_ahead: int = 1) -> Figure:
-    """The figure for the request's tasks (its model, bbox and periods)."""
+def overlap_figure(request: RunRequest, slots: int = 2, read_ahead: int = 1, read_threads: int = 1) -> Figure:
+    """The figure for the request's tasks (its model, bbox, periods and device)."""
     loaded = load_model(request.model)
     tasks = plan_tasks(request.bbox, request.periods, loaded.spec.core)
-    cubes, load_s = _load_alone(tasks, request)
+    cubes, load_s = _load_alone(tasks, request, read_threads)
     encode_s = _encode_alone(tasks, cubes, request)
     del cubes
-    end_to_end_s = _end_to_end(request, slots, read_ahead)
-    sequential_s = _end_to_end(request, slots=1, read_ahead=0)  # the pipeline before overlapping
+    end_to_end_s = _end_to_end(request, slots, read_ahead, read_threads)
+    sequential_s = _end_to_end(request, 1, 0, read_threads)  # the pipeline before overlapping
     slower = max(load_s, encode_s)
     return Figure(
         8,
@@ -71,7 +72,7 @@ def overlap_figure(request: RunRequest, slots: int = 2, read_ahead: int = 1) -> 
         "",
         ">= 0.9",
         sizes=f"{len(tasks)} tasks of {tasks[0].pixels:,} px, spec {loaded.spec.name}, {slots} task slots, "
-        f"read-ahead {read_ahead}, 1 torch + 1 read thread per task",
+        f"read-ahead {read_ahead}, 1 torch + {read_threads} read thread(s) per task, {request.device}",
         note=f"load alone {load_s:.1f} s, encode alone {encode_s:.1f} s (encode/load {encode_s / load_s:.2f}), "
         f"end to end {end_to_end_s:.1f} s; without overlap (1 slot, no read-ahead) {sequential_s:.1f} s, "
         f"figure {slower / sequential_s:.2f}; bound of a sequential pipeline {slower / (load_s + encode_s):.2f}",
@@ -87,13 +88,13 @@ def overlap_figure(request: RunRequest, slots: int = 2, read_ahead: int = 1) -> 
     )
 
 
-def _load_alone(tasks: list[TileTask], request: RunRequest) -> tuple[list[xr.Dataset], float]:
+def _load_alone(tasks: list[TileTask], request: RunRequest, threads: int) -> tuple[list[xr.Dataset], float]:
     spec = load_model(request.model).spec
     halo = required_halo(spec, request.overlap)
     source = open_source(request.catalog)
     cubes = []
     start = time.perf_counter()
-    with dask.config.set(scheduler="threads", num_workers=1):
+    with dask.config.set(scheduler="threads", num_workers=threads):
         for task in tasks:
             area = task.geobox()
             selection = search_tile(source, area.pad(halo), task.period, spec.bands)
@@ -119,8 +120,8 @@ def _encode_alone(tasks: list[TileTask], cubes: list[xr.Dataset], request: RunRe
         torch.set_num_threads(before)
 
 
-def _end_to_end(request: RunRequest, slots: int, read_ahead: int) -> float:
-    environment = TaskEnvironment(torch_threads=1, read_threads=1, read_ahead=read_ahead)
+def _end_to_end(request: RunRequest, slots: int, read_ahead: int, read_threads: int) -> float:
+    environment = TaskEnvironment(torch_threads=1, read_threads=read_threads, read_ahead=read_ahead)
     request = dataclasses.replace(request, environment=environment, overwrite=True)
     with connect(None, workers=1, slots=slots) as client:
         client.run(warnings.simplefilter, "ignore")
@@ -137,6 +138,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=4, choices=(1, 4), help="tiles of the test bed (1 or 4)")
     parser.add_argument("--slots", type=int, default=2, help="tasks a worker runs at once")
     parser.add_argument("--read-ahead", type=int, default=1, help="row blocks read ahead of the encoder")
+    parser.add_argument("--read-threads", type=int, default=1, help="read threads per task (a GPU node: its cores)")
+    parser.add_argument("--spec", default=str(LIGHT_SPEC), help="model spec (default: the light benchmark spec)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     catalog, _ = bench_catalog()
@@ -146,10 +150,10 @@ def main() -> None:
             (Period.year(YEAR),),
             Path(tmp) / "field.zarr",
             CatalogConfig(url),
-            model=str(LIGHT_SPEC),
-            device="cpu",
+            model=args.spec,
+            device=args.device,
         )
-        figure = overlap_figure(request, args.slots, args.read_ahead)
+        figure = overlap_figure(request, args.slots, args.read_ahead, args.read_threads)
     print(f"[{figure.number}] {figure.name}: {figure.value:.2f} (target {figure.target})")
     print(f"    {figure.sizes}\n    {figure.note}")
 

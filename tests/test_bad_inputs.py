@@ -260,13 +260,18 @@ CASES = [
     ),
     Case("threads zero", (*RUN, *AREA, "--threads", "0"), ("--threads 0 is not a thread count",)),
     Case(
+        "tasks per worker zero",
+        (*RUN, *AREA, "--tasks-per-worker", "0"),
+        ("--tasks-per-worker 0 is not a task count",),
+    ),
+    Case(
         "scheduler unreachable",
         ("run", "--stac", "{stac}", *AREA, "--scheduler", "tcp://127.0.0.1:9"),
         ("dask scheduler tcp://127.0.0.1:9 did not answer",),
     ),
     Case(
         "catalog unreachable (plan)",
-        ("plan", "--stac", "http://127.0.0.1:9/", *BBOX, "--years", "2022"),
+        ("plan", "--stac", "http://127.0.0.1:9/", "--stac-retries", "1", *BBOX, "--years", "2022"),
         ("STAC catalog http://127.0.0.1:9/ did not answer",),
     ),
     Case(

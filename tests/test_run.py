@@ -25,6 +25,7 @@ from aef_pipeline.testing.scenes import DEFAULT_SITE
 from aef_pipeline.testing.server import free_port
 from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
+from tests.sites import BOTH_YEARS
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
 
@@ -32,13 +33,18 @@ SITE = ["15.057", "46.194", "15.073", "46.206"]
 def test_cli_run_on_a_local_cluster(
     tmp_path: Path, stac_api: str, earth_search_catalog: SyntheticCatalog, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """One worker running both tasks side by side (they take turns on its encoder while the other
+    reads) gives the store that one task after another in this process gives."""
     out = tmp_path / "field.zarr"
     argv = ["run", "--stac", stac_api, "--bbox", *SITE]
-    argv += ["--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "2"]
+    argv += ["--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1", "--tasks-per-worker", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 tile-periods done" in printed
     west, south, east, north = (float(v) for v in SITE)
+    alone = tmp_path / "alone.zarr"
+    run(RunRequest(BBox(west, south, east, north), BOTH_YEARS, alone, CatalogConfig(stac_api), device="cpu"))
+    assert_same_stores(alone, out)
     ds = aef_pipeline.open_embeddings(out, bbox=BBox(west, south, east, north))  # the site, not the whole tile
     assert [str(t)[:4] for t in ds.time.values] == ["2021", "2022"]
     assert ds.rio.crs.to_epsg() == 32633

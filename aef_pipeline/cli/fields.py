@@ -23,6 +23,12 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cuda, cuda:N")
     run.add_argument("--scheduler", help="address of an existing dask scheduler (else a local cluster)")
     run.add_argument("--workers", type=int, default=2, help="local cluster worker processes (default 2)")
+    run.add_argument(
+        "--tasks-per-worker",
+        type=int,
+        default=None,
+        help="tasks a local worker runs at once (default: 2 with a GPU, so one reads while the other encodes; else 1)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace a store made with another model/grid")
     run.add_argument("--storage", choices=["int8", "float16", "float32"], default="int8")
     run.add_argument(
@@ -53,7 +59,7 @@ def run_command(args: argparse.Namespace) -> int:
     check_device_name(request.device)
 
     def on_cluster() -> RunReport:
-        with connect(args.scheduler, args.workers) as client:
+        with connect(args.scheduler, args.workers, slots=args.tasks_per_worker) as client:
             return run_on_cluster(client, request, args.submitter)
 
     return run_and_summarise(request, on_cluster)

@@ -57,6 +57,12 @@ def add_area_arguments(parser: argparse.ArgumentParser) -> None:
         help="STAC API URL or static catalog path; 'demo' = the offline synthetic catalog",
     )
     parser.add_argument("--collection", action="append", default=[], help="default sentinel-2-c1-l2a")
+    parser.add_argument(
+        "--stac-retries",
+        type=int,
+        default=None,
+        help="attempts after the first for a failed STAC request, backing off 1, 2, 4 ... s (default 4)",
+    )
     parser.add_argument("--model", default="tiny", help="spec name in models/ (tiny, paper) or a spec file")
     parser.add_argument("--max-cloud", type=float, default=None, help="drop products above this eo:cloud_cover")
 
@@ -106,8 +112,16 @@ def request_from(args: argparse.Namespace) -> RunRequest:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise UserInputError(f"--threads {threads} is not a thread count: give 1 or more, or leave it out")
+    slots = getattr(args, "tasks_per_worker", None)
+    if slots is not None and slots < 1:
+        raise UserInputError(f"--tasks-per-worker {slots} is not a task count: give 1 or more, or leave it out")
+    retries = CatalogConfig.retries if args.stac_retries is None else args.stac_retries
+    if retries < 0:
+        raise UserInputError(f"--stac-retries {retries} is not a count: give 0 or more")
     catalog = CatalogConfig(
-        _demo_stac() if args.stac == "demo" else args.stac, tuple(args.collection) or ("sentinel-2-c1-l2a",)
+        _demo_stac() if args.stac == "demo" else args.stac,
+        tuple(args.collection) or ("sentinel-2-c1-l2a",),
+        retries=retries,
     )
     return RunRequest(
         bbox=bbox,
