@@ -66,8 +66,10 @@ class GdalOptions:
         yes_no = {True: "YES", False: "NO"}
         return {
             # Each block is decoded once per task: a large block cache only holds memory (GDAL's
-            # default is 5 % of RAM per process), so keep it small.
-            "GDAL_CACHEMAX": self.block_cache_mb,  # rasterio wants an int here
+            # default is 5 % of RAM per process), so keep it small. In bytes: rasterio hands an int
+            # straight to GDALSetCacheMax64 (the MB rule of GDAL's own parsing does not apply), and
+            # a bare 64 gave a 64-byte cache, every block decoded again for each chunk it touches.
+            "GDAL_CACHEMAX": self.block_cache_mb * 2**20,
             # Never list a COG's directory on open: one request per file instead of hundreds.
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
             "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF",

@@ -247,7 +247,9 @@ def _cut(
     projected = _valid(_to_utm(shapely.segmentize(every[shapely.area(every) > 0], DENSIFY_DEGREES), epsg))
     if within is not None:
         projected = _polygonal(_clip_to_rects(projected, *within))
-    return _tiles_met(projected[shapely.area(projected) > 0])
+    # Slivers under a square metre (a polygon reaching a zone edge by 1e-225 degrees) plan nothing:
+    # projected, such a piece can come out as a crossed ring whose clip GEOS gets wrong.
+    return _tiles_met(projected[shapely.area(projected) > COVERED_SLACK_M2])
 
 
 def _rim(band: Rect) -> list[Rect]:

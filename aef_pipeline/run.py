@@ -93,8 +93,9 @@ class TaskContext:
     model: LoadedModel
     sources: dict[CatalogConfig, SceneSource] = field(default_factory=dict)
     encoder_turn: threading.Lock = field(default_factory=threading.Lock)
-    """Held around each forward pass: tasks running side by side in this process (two per GPU)
-    take turns on the encoder while the other one searches, reads and writes."""
+    """Held by a task from its first forward pass to its last: tasks running side by side in this
+    process (two per GPU) take turns on the encoder, one encoding while the other searches, reads
+    ahead and writes (encode.encode_cube)."""
 
     def source(self, catalog: CatalogConfig) -> SceneSource:
         if catalog not in self.sources:

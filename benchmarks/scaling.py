@@ -76,3 +76,49 @@ def _peak_rss_bytes() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: best available
+
+
+def main() -> None:
+    """Figure 5 alone, repeated: `python -m benchmarks.scaling [--repeats 5] [--quadrants]`.
+
+    Alternates a 1-tile and a 4-tile run on fresh 1-worker clusters and prints each run's peak and
+    their ratio. `--quadrants` also runs each of the 4-tile run's tasks alone, so the 4-tile peak
+    can be told apart from the largest of its tasks (the tasks differ in frames and data)."""
+    import argparse
+    import tempfile
+    from pathlib import Path
+
+    from aef_pipeline.plan import Period
+    from aef_pipeline.search import CatalogConfig
+    from aef_pipeline.testing import serve_catalogs
+    from benchmarks.__main__ import SMALL_M
+    from benchmarks.data import CORNER, YEAR, bench_catalog, quadrant_bbox, utm_bbox
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quadrants", action="store_true", help="also each task of the 4-tile run alone")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    catalog, _ = bench_catalog()
+    x, y, margin = *CORNER, 50.0
+    quadrants = {
+        f"{ns}{ew}": utm_bbox(*sorted((x + sx * margin, x + sx * (SMALL_M - margin))), *sorted((y + sy * margin, y + sy * (SMALL_M - margin))))
+        for ns, sy in (("n", 1), ("s", -1))
+        for ew, sx in (("e", 1), ("w", -1))
+    }
+    with tempfile.TemporaryDirectory(prefix="aef-bench-") as tmp, serve_catalogs([catalog], Path(tmp) / "api") as url:
+        request = RunRequest(
+            quadrant_bbox(SMALL_M, 1), (Period.year(YEAR),), Path(tmp) / "field.zarr", CatalogConfig(url), model="tiny"
+        )
+        for repeat in range(args.repeats):
+            one = cluster_run(request, quadrant_bbox(SMALL_M, 1), workers=1)
+            four = cluster_run(request, quadrant_bbox(SMALL_M, 4), workers=1)
+            figure = memory_figure(one, four)
+            print(f"repeat {repeat}: [5] {figure.value:.3f} ({figure.note})", flush=True)
+            if args.quadrants:
+                alone = {name: max(cluster_run(request, bbox, workers=1)["peak_rss_gb"]) for name, bbox in quadrants.items()}
+                print("  each task alone: " + ", ".join(f"{name} {gb:.3f} GB" for name, gb in alone.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

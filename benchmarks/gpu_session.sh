@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue 20 in one bounded command, run from the repository root on a lent
+# H100/H200 (the device tool's machine):
+#
+#   bash benchmarks/gpu_session.sh                          # on the GPU machine: about 9 minutes at most
+#   bash benchmarks/gpu_session.sh --fetch-wheels [core|full]   # first, here: the packages it lacks
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh --dry-run   # the same steps, tiny, on a CPU
+#
+# Stages, each under `timeout`, inside GPU_SESSION_S seconds (540 by default) all together:
+#   1. the machine: nvidia-smi, CPU cores, memory, python, torch and its CUDA;
+#   2. benchmarks/gpu.py: `paper` px/s and MFU in bf16 over batch sizes x frame counts x
+#      {eager, graph, compile, cudagraphs}, SDPA backends probed, the global-layer projection (~5.5 min);
+#   3. benchmarks/training_throughput.py: `paper` training steps at batch 2, 4, 8, 64 frames;
+#   4. benchmarks/overlap.py with the node's cores loading (the encoder's share of the wall), if
+#      its packages import and enough time is left.
+# Everything printed goes to $OUT/session.log when $OUT is set (the device tool brings $OUT back),
+# else to build/gpu-session/; gpu.py's rows go to gpu.json beside it, rewritten after every case.
+#
+# The GPU machine has python3 with torch (CUDA), numpy, xarray, pandas and safetensors, no network
+# and not the geo packages aef_pipeline imports. `--fetch-wheels` downloads those, at the versions
+# of the local environment, for CPython 3.12 into build/gpu-wheels (ignored by git); the device
+# call carries that folder, and this script installs it into /tmp/aef-site there:
+#   core (~12 MB): odc-geo, affine, cachetools, pyproj, shapely: enough for stage 2;
+#   full (~58 MB): + rasterio, dask, distributed, zarr, pystac, odc-stac...: stage 3 too.
+# Stage 4 also needs rustac (33 MB more), beyond the 64 MiB a device call carries: without it the
+# stage says so and is skipped.
+set -uo pipefail
+
+PY="${PYTHON:-python3}"
+WHEELS="${GPU_WHEELS:-build/gpu-wheels}"
+TOTAL_S="${GPU_SESSION_S:-540}"
+CORE_WHEELS="odc-geo affine cachetools pyproj shapely"
+FULL_WHEELS="$CORE_WHEELS dask distributed donfig google-crc32c importlib_metadata lazy-importer locket
+  numcodecs odc-loader odc-stac pystac pystac-client pystac-core pystac-ext-classification
+  pystac-ext-datacube pystac-ext-eo pystac-ext-file pystac-ext-grid pystac-ext-item-assets
+  pystac-ext-label pystac-ext-mgrs pystac-ext-mlm pystac-ext-pointcloud pystac-ext-projection
+  pystac-ext-raster pystac-ext-render pystac-ext-sar pystac-ext-sat pystac-ext-scientific
+  pystac-ext-storage pystac-ext-table pystac-ext-timestamps pystac-ext-version pystac-ext-view
+  pystac-ext-xarray-assets rasterio rioxarray tblib tornado zarr zict"
+
+fetch_wheels() {
+  # Pinned to what the local environment runs (and CI tests), built for the GPU machine's Python.
+  local tier="${1:-full}" names pins
+  case "$tier" in
+    core) names="$CORE_WHEELS" ;;
+    full) names="$FULL_WHEELS" ;;
+    *) echo "--fetch-wheels takes core or full, not '$tier'" >&2; return 2 ;;
+  esac
+  pins=$("$PY" -c 'import sys
+from importlib.metadata import version
+print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' $names) || {
+    echo "could not read the local versions of: $names (run with PYTHON=.venv/bin/python)" >&2; return 2; }
+  mkdir -p "$WHEELS"
+  # shellcheck disable=SC2086  # one argument per pin
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+    -d "$WHEELS" $pins || return 1
+  echo "$(ls "$WHEELS"/*.whl | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS; carry it:"
+  echo "  run(command=\"bash benchmarks/gpu_session.sh\", carry=[\"$WHEELS\"], timeout_s=600)"
+}
+
+left() { echo $((TOTAL_S - SECONDS)); }
+
+# stage NAME CAP_S COMMAND...: runs COMMAND under min(CAP_S, what is left - 5 s); skipped under 30 s.
+stage() {
+  local name="$1" cap="$2" rc
+  shift 2
+  ((cap > $(left) - 5)) && cap=$(($(left) - 5))
+  if ((cap < 30)); then
+    echo "== $name: skipped, $(left) s left of $TOTAL_S"
+    return 0
+  fi
+  echo "== $name (at $SECONDS s, at most $cap s): $*"
+  timeout --signal=INT --kill-after=15 "$cap" "$@"
+  rc=$?
+  ((rc == 124 || rc == 130 || rc == 137)) && echo "== $name: stopped at its $cap s cap (rows so far are kept)"
+  ((rc != 0)) && echo "== $name: exit status $rc"
+  return 0
+}
+
+importable() { "$PY" -c "import $1" >/dev/null 2>&1; }
+
+machine() {
+  echo "== machine ($(date -u +%Y-%m-%dT%H:%M:%SZ)): $(nproc) CPU cores, $(free -g 2>/dev/null | awk '/Mem:/ {print $2}') GiB memory"
+  if command -v nvidia-smi >/dev/null; then
+    timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu \
+      --format=csv
+    timeout 20 nvidia-smi | head -20
+  else
+    echo "nvidia-smi: not found"
+  fi
+  "$PY" - <<'EOF'
+import sys
+print(f"python {sys.version.split()[0]} at {sys.executable}")
+try:
+    import torch
+except ImportError as error:
+    print(f"torch: not importable ({error})")
+else:
+    cuda = torch.cuda.is_available()
+    name = torch.cuda.get_device_name() if cuda else "none"
+    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, GPU: {name}")
+EOF
+}
+
+install_wheels() {
+  # Into a folder of our own, ahead of the machine's packages only for what we carry.
+  if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    echo "== no wheels in $WHEELS (bash benchmarks/gpu_session.sh --fetch-wheels, then carry it)"
+    return 0
+  fi
+  echo "== installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels into /tmp/aef-site"
+  timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/aef-site "$WHEELS"/*.whl || echo "== wheel install failed: the stages that need them will say so"
+  export PYTHONPATH="/tmp/aef-site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/aef-site/bin:$PATH"
+}
+
+main() {
+  local dry="$1" logdir="$2" device spec
+  export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  echo "== bash benchmarks/gpu_session.sh $dry (GPU_SESSION_S=$TOTAL_S), log in $logdir"
+  machine
+  install_wheels
+  device=cuda spec=paper
+  if [[ "$dry" == --dry-run ]]; then
+    device=cpu spec=tiny
+    echo "== dry run: $spec on the CPU, tiny sizes"
+  elif ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "== FAILED: $PY has no torch that sees a CUDA GPU: nothing to measure (--dry-run checks on a CPU)"
+    return 2
+  fi
+  if ! importable "aef_pipeline.encode"; then
+    "$PY" -c "import aef_pipeline.encode" 2>&1 | tail -1
+    echo "== FAILED: aef_pipeline does not import; carry $WHEELS (bash benchmarks/gpu_session.sh --fetch-wheels)"
+    return 2
+  fi
+  gpu_stage "$device" "$spec" "$logdir"
+  training_stage "$device" "$spec"
+  overlap_stage "$device" "$spec"
+  echo "== done in $SECONDS s; files in $logdir"
+}
+
+gpu_stage() {
+  local device="$1" spec="$2" logdir="$3" budget
+  budget=$(($(left) - 190)) # kept for training (~110 s) and the overrun of the last case
+  ((budget > 330)) && budget=330
+  if [[ "$device" == cpu ]]; then
+    stage "gpu.py" 300 "$PY" -m benchmarks.gpu --spec "$spec" --device cpu --batch-sizes 2,4 --frames 4,8 \
+      --variants eager --seconds-per-case 1 --budget-s 90 --json "$logdir/gpu.json"
+  else
+    stage "gpu.py" $((budget + 60)) "$PY" -m benchmarks.gpu --spec "$spec" --device cuda \
+      --batch-sizes 4,8,16,32 --frames 100,40,16 --variants eager,graph,compile,cudagraphs --seconds-per-case 6 \
+      --budget-s "$budget" --json "$logdir/gpu.json"
+  fi
+}
+
+training_stage() {
+  local device="$1" spec="$2"
+  if ! importable "benchmarks.training_throughput"; then
+    echo "== training throughput: skipped, it does not import (carry the full wheels):"
+    "$PY" -c "import benchmarks.training_throughput" 2>&1 | tail -1
+  elif [[ "$device" == cpu ]]; then
+    stage "training throughput" 200 "$PY" -m benchmarks.training_throughput --spec "$spec" --device cpu \
+      --batch-sizes 2 --frames 8 --steps 1
+  else
+    stage "training throughput" 110 "$PY" -m benchmarks.training_throughput --spec "$spec" --device cuda \
+      --batch-sizes 2,4,8 --frames 64 --steps 5
+  fi
+}
+
+overlap_stage() {
+  local device="$1" spec="$2"
+  if ! importable "benchmarks.overlap" || ! "$PY" -c 'import pathlib, shutil, sys
+sys.exit(0 if (pathlib.Path(sys.executable).parent / "rustac").exists() or shutil.which("rustac") else 1)'; then
+    echo "== overlap: skipped, benchmarks.overlap or the rustac command is missing (33 MB more wheels)"
+  elif [[ "$device" == cpu ]]; then
+    echo "== overlap: skipped in a dry run (minutes on a CPU)"
+  elif (($(left) < 150)); then
+    echo "== overlap: skipped, $(left) s left: the test bed renders, then 4 runs of 4 tasks"
+  else
+    # The test bed renders on all the node's cores first (benchmarks/data.py caches it).
+    stage "overlap: test bed" 90 "$PY" -c "from benchmarks.data import bench_catalog
+catalog, built = bench_catalog(processes=$(nproc)); print(len(catalog.items), 'products', 'built' if built else 'cached')"
+    stage "overlap" 300 "$PY" -m benchmarks.overlap --device cuda --spec "$spec" --read-threads 8
+  fi
+}
+
+case "${1:-}" in
+  --fetch-wheels) fetch_wheels "${2:-full}" ;;
+  --dry-run | "")
+    logdir="${OUT:-build/gpu-session}"
+    mkdir -p "$logdir"
+    main "${1:-}" "$logdir" 2>&1 | tee -a "$logdir/session.log"
+    ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh [--dry-run | --fetch-wheels [core|full]]" >&2; exit 2 ;;
+esac
