@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 20 in one bounded command, run from the repository root on a lent
-# H100/H200 (the device tool's machine):
+# H100/H200 machine:
 #
 #   bash benchmarks/gpu_session.sh                          # on the GPU machine: about 9 minutes at most
 #   bash benchmarks/gpu_session.sh --fetch-wheels [core|full]   # first, here: the packages it lacks
@@ -13,16 +13,16 @@
 #   3. benchmarks/training_throughput.py: `paper` training steps at batch 2, 4, 8, 64 frames;
 #   4. benchmarks/overlap.py with the node's cores loading (the encoder's share of the wall), if
 #      its packages import and enough time is left.
-# Everything printed goes to $OUT/session.log when $OUT is set (the device tool brings $OUT back),
+# Everything printed goes to $OUT/session.log when $OUT is set (a folder collected after the run),
 # else to build/gpu-session/; gpu.py's rows go to gpu.json beside it, rewritten after every case.
 #
 # The GPU machine has python3 with torch (CUDA), numpy, xarray, pandas and safetensors, no network
 # and not the geo packages aef_pipeline imports. `--fetch-wheels` downloads those, at the versions
-# of the local environment, for CPython 3.12 into build/gpu-wheels (ignored by git); the device
-# call carries that folder, and this script installs it into /tmp/aef-site there:
+# of the local environment, for CPython 3.12 into build/gpu-wheels (ignored by git); copied to the
+# GPU machine with the working tree, this script installs it into /tmp/aef-site there:
 #   core (~12 MB): odc-geo, affine, cachetools, pyproj, shapely: enough for stage 2;
 #   full (~58 MB): + rasterio, dask, distributed, zarr, pystac, odc-stac...: stage 3 too.
-# Stage 4 also needs rustac (33 MB more), beyond the 64 MiB a device call carries: without it the
+# Stage 4 also needs rustac (33 MB more), beyond a 64 MiB transfer limit: without it the
 # stage says so and is skipped.
 set -uo pipefail
 
@@ -56,8 +56,8 @@ print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' $names) || {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
     -d "$WHEELS" $pins || return 1
-  echo "$(ls "$WHEELS"/*.whl | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS; carry it:"
-  echo "  run(command=\"bash benchmarks/gpu_session.sh\", carry=[\"$WHEELS\"], timeout_s=600)"
+  echo "$(ls "$WHEELS"/*.whl | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS: copy it to the GPU machine's"
+  echo "checkout with the working tree, then run: bash benchmarks/gpu_session.sh"
 }
 
 left() { echo $((TOTAL_S - SECONDS)); }
@@ -105,9 +105,9 @@ EOF
 }
 
 install_wheels() {
-  # Into a folder of our own, ahead of the machine's packages only for what we carry.
+  # Into a folder of our own, ahead of the machine's packages only for what we bring.
   if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    echo "== no wheels in $WHEELS (bash benchmarks/gpu_session.sh --fetch-wheels, then carry it)"
+    echo "== no wheels in $WHEELS (bash benchmarks/gpu_session.sh --fetch-wheels, then copy it there)"
     return 0
   fi
   echo "== installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels into /tmp/aef-site"
@@ -132,7 +132,7 @@ main() {
   fi
   if ! importable "aef_pipeline.encode"; then
     "$PY" -c "import aef_pipeline.encode" 2>&1 | tail -1
-    echo "== FAILED: aef_pipeline does not import; carry $WHEELS (bash benchmarks/gpu_session.sh --fetch-wheels)"
+    echo "== FAILED: aef_pipeline does not import; bring $WHEELS along (bash benchmarks/gpu_session.sh --fetch-wheels)"
     return 2
   fi
   gpu_stage "$device" "$spec" "$logdir"
@@ -158,7 +158,7 @@ gpu_stage() {
 training_stage() {
   local device="$1" spec="$2"
   if ! importable "benchmarks.training_throughput"; then
-    echo "== training throughput: skipped, it does not import (carry the full wheels):"
+    echo "== training throughput: skipped, it does not import (bring the full wheels):"
     "$PY" -c "import benchmarks.training_throughput" 2>&1 | tail -1
   elif [[ "$device" == cpu ]]; then
     stage "training throughput" 200 "$PY" -m benchmarks.training_throughput --spec "$spec" --device cpu \
