@@ -62,6 +62,9 @@ RIM_SLICE_DEGREES = 30.0
 # below a row of 10 m pixels along a 19.2 km tile edge (192,000 m^2), so no window it decides can
 # differ from the exact one.
 COVERED_SLACK_M2 = 1.0
+# How far (relative) a rectangle clip's piece may reach beyond its input's bounds or area before
+# it counts as one of GEOS's failures (_clip_to_rects): rounding, far below a failure's reach.
+CLIP_SLACK = 1e-9
 
 
 class RegionClippedWarning(AefWarning):
@@ -247,9 +250,7 @@ def _cut(
     projected = _valid(_to_utm(shapely.segmentize(every[shapely.area(every) > 0], DENSIFY_DEGREES), epsg))
     if within is not None:
         projected = _polygonal(_clip_to_rects(projected, *within))
-    # Slivers under a square metre (a polygon reaching a zone edge by 1e-225 degrees) plan nothing:
-    # projected, such a piece can come out as a crossed ring whose clip GEOS gets wrong.
-    return _tiles_met(projected[shapely.area(projected) > COVERED_SLACK_M2])
+    return _tiles_met(projected[shapely.area(projected) > 0])
 
 
 def _rim(band: Rect) -> list[Rect]:
@@ -323,12 +324,27 @@ def _tiles_met(geometries: NDArray[np.object_]) -> tuple[NDArray[np.int64], NDAr
 def _clip_to_rects(geometries: NDArray[np.object_], *rect: float | NDArray[np.float64]) -> NDArray[np.object_]:
     """Each geometry cut to its rectangle (left, bottom, right, top: numbers or arrays of them).
     GEOS's rectangle clip, 8x faster here than an overlay, through shapely's ufunc (its public
-    clip_by_rect takes one rectangle only); where GEOS gives up on a degenerate piece (a ring
-    collapsed to three points, from a polygon that grazes the rectangle), the exact overlay."""
+    clip_by_rect takes one rectangle only); where it fails, the exact overlay. It fails on
+    degenerate pieces: it raises on a ring collapsed to three points (a polygon that grazes the
+    rectangle), and where a polygon crosses an edge by a hair (a vertex 1e-225 degrees beyond 0 E)
+    its two crossings can round into the wrong order along the edge, and it closes the piece the
+    long way round the rectangle: the whole rectangle, or most of it. A clip is part of its input,
+    so a piece that reaches beyond its input's bounds or outgrows its area is such a failure."""
     try:
-        return np.asarray(shapely.lib.clip_by_rect(geometries, *rect), dtype=object)
+        clipped = np.asarray(shapely.lib.clip_by_rect(geometries, *rect), dtype=object)
     except shapely.errors.GEOSException:
         return np.asarray(shapely.intersection(geometries, shapely.box(*rect)), dtype=object)
+    inner, outer = shapely.bounds(geometries), shapely.bounds(clipped)
+    slack = CLIP_SLACK * (1.0 + np.abs(inner))
+    beyond = (outer[:, :2] < inner[:, :2] - slack[:, :2]).any(axis=1) | (
+        outer[:, 2:] > inner[:, 2:] + slack[:, 2:]
+    ).any(axis=1)
+    area = shapely.area(geometries)
+    failed = beyond | (shapely.area(clipped) > area + CLIP_SLACK * (1.0 + area))
+    if failed.any():
+        boxes = shapely.box(*(np.broadcast_to(edge, geometries.shape)[failed] for edge in rect))
+        clipped[failed] = shapely.intersection(geometries[failed], boxes)
+    return clipped
 
 
 @dataclass(frozen=True, eq=False)

@@ -111,6 +111,10 @@ def test_periods_repeat_each_window_in_order() -> None:
         # sides cross after projection (GEOS's rectangle clip then returned whole tiles).
         "POLYGON ((11.999999999 -30.18, 11.999999999 -29.88, 12.999999999 -29.58, 12.999999999 -29.98, "
         "11.999999999 -30.18))",
+        # A hair (1e-225 degrees) into zone 30: the zone-31 rim's clip ends there, and its crossings
+        # rounded out of order, so GEOS's rectangle clip returned the whole rim (a window from row 0).
+        "POLYGON ((-1.5185755988085208e-225 0.07778231653528335, 1 0, 1 1, "
+        "-1.5185755988085208e-225 0.07778231653528335))",
     ],
 )
 def test_shapes_on_the_grid_s_seams_plan_exactly(wkt: str) -> None:
@@ -124,7 +128,10 @@ triangles = st.tuples(st.floats(-179.0, 178.0), st.floats(-79.0, 82.0), *(st.flo
 )
 
 
-@settings(max_examples=12, deadline=None)
+# Derandomized: the same examples every run, so CI passes or fails the same way for the same code
+# (random ones differ per run, and a rare failure would come and go); a failure it once found stays
+# as a row of test_shapes_on_the_grid_s_seams_plan_exactly.
+@settings(max_examples=12, deadline=None, derandomize=True)
 @given(triangle=triangles, core=st.sampled_from([16, 96]))
 def test_any_triangle_plans_exactly_the_tiles_it_meets(triangle: shapely.Polygon, core: int) -> None:
     if triangle.area < 1e-6:

@@ -15,8 +15,8 @@ from affine import Affine
 from PIL import Image
 from PIL.PngImagePlugin import PngImageFile
 from rasterio.enums import ColorInterp
-from rasterio.features import rasterize
-from shapely.geometry import Point, Polygon
+from rasterio.features import rasterize, shapes
+from shapely.geometry import Point, Polygon, shape
 
 from aef_pipeline.cli import main
 from aef_pipeline.plan import Period
@@ -296,3 +296,136 @@ def test_change_between_a_leap_year_and_another_year_needs_no_force(tmp_path: Pa
         write_tile(path, tile, year, _stripes(tile), {"model": LAYOUT.model, "model_weights": LAYOUT.model_weights})
     finalize(path)
     assert main(["change", str(path), "--from", "2023", "--to", "2024", "--out", str(tmp_path / "c.tif")]) == 0
+
+
+# A lon/lat map with power-of-two pixels: every vertex is exact, so the block-by-block polygons
+# can be compared with the whole-map ones by exact (topological) equality.
+_MAP_TRANSFORM = Affine(2**-7, 0.0, 10.0, 0.0, -(2**-7), 50.0)
+
+
+def _hit_regions() -> np.ndarray:
+    """64 x 64 px of hits (True) cut by 16 px blocks in awkward ways."""
+    hits = np.zeros((64, 64), dtype=bool)
+    hits[4:41, 4:10] = hits[4:41, 38:44] = hits[34:41, 4:44] = True  # a U: its arms meet two blocks down
+    hits[15:17, 47:49] = True  # 2 x 2 px around the corner of four blocks
+    hits[31, 31] = hits[32, 32] = True  # two pixels touching at a block corner only: two regions
+    hits[44:62, 18:36] = True
+    hits[46:60, 20:34] = False  # a ring across four blocks...
+    hits[47:50, 26:29] = True  # ...with an island across a block edge in its hole
+    hits[20:30, 58:64] = True  # at the map's right edge
+    return hits
+
+
+def _scores_with(hits: np.ndarray, seed: int) -> np.ndarray:
+    """Scores >= 0.5 exactly at `hits`, NaN at some of the others."""
+    rng = np.random.default_rng(seed)
+    score = np.where(hits, rng.uniform(0.5, 1.0, hits.shape), rng.uniform(-1.0, 0.5, hits.shape))
+    score[(~hits) & (rng.uniform(size=hits.shape) < 0.1)] = np.nan
+    return score.astype(np.float32)
+
+
+def _written_map(score: np.ndarray, path: Path) -> Path:
+    """`score` as a GeoTIFF in blocks of 16 x 16 px."""
+    profile = {"driver": "GTiff", "tiled": True, "blockxsize": 16, "blockysize": 16, "nodata": np.nan}
+    height, width = score.shape
+    with rasterio.open(
+        path,
+        "w",
+        **profile,
+        width=width,
+        height=height,
+        count=1,
+        dtype="float32",
+        crs="EPSG:4326",
+        transform=_MAP_TRANSFORM,
+    ) as raster:
+        raster.write(score, 1)
+    return path
+
+
+def _whole_map_polygons(score: np.ndarray, threshold: float) -> gpd.GeoDataFrame:
+    """The reference: the whole array vectorised at once, each outline with its pixels' mean score."""
+    hits = np.nan_to_num(score, nan=-np.inf) >= threshold
+    outlines = [shape(g) for g, _ in shapes(hits.astype(np.uint8), mask=hits, transform=_MAP_TRANSFORM)]
+    labels = rasterize(((o, i + 1) for i, o in enumerate(outlines)), out_shape=score.shape, transform=_MAP_TRANSFORM)
+    pixels = np.bincount(labels.ravel(), minlength=len(outlines) + 1)[1:]
+    sums = np.bincount(labels.ravel(), weights=np.nan_to_num(score).ravel(), minlength=len(outlines) + 1)[1:]
+    return gpd.GeoDataFrame({"score": sums / pixels, "pixels": pixels}, geometry=outlines, crs="EPSG:4326")
+
+
+def _in_order(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    bounds = frame.bounds
+    return frame.assign(**bounds).sort_values(["minx", "miny", "maxx", "maxy"]).reset_index(drop=True)
+
+
+def _assert_same_polygons(found: gpd.GeoDataFrame, want: gpd.GeoDataFrame) -> None:
+    found, want = _in_order(found), _in_order(want)
+    assert list(found.columns[:2]) == ["score", "pixels"]
+    assert len(found) == len(want)
+    assert (found.geom_type == "Polygon").all()
+    for got, expected in zip(found.geometry, want.geometry, strict=True):
+        assert got.symmetric_difference(expected).area < 1e-15
+        assert got.normalize().equals(expected.normalize()), (got.wkt, expected.wkt)
+    assert found["pixels"].tolist() == want["pixels"].tolist()
+    assert np.allclose(found["score"], want["score"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_polygons_drawn_block_by_block_equal_the_whole_map_vectorised_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    import aef_pipeline.views.compare as compare
+
+    # Blocks of 16 px (the file's own blocks too): the 64 x 64 px map is read as 4 x 4 windows.
+    monkeypatch.setattr(compare, "POLYGON_BLOCK_PX", 16)
+    score = _scores_with(_hit_regions(), seed)
+    path = _written_map(score, tmp_path / "map.tif")
+    assert len(compare._windows(64, 64, (16, 16))) == 16
+    found = compare._polygons(path, 0.5)
+    assert found.crs == "EPSG:4326"
+    want = _whole_map_polygons(score, 0.5)
+    assert len(want) == 7  # the U, the corner square, two diagonal pixels, the ring, its island, the edge strip
+    _assert_same_polygons(found, want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_polygons_of_noise_drawn_block_by_block_equal_the_whole_map_vectorised_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    import aef_pipeline.views.compare as compare
+
+    # Noise thresholded at about half the pixels: many regions touching at corners, with holes, cut by blocks.
+    monkeypatch.setattr(compare, "POLYGON_BLOCK_PX", 16)
+    score = _scores_with(np.random.default_rng(100 + seed).uniform(size=(64, 64)) < 0.55, seed)
+    path = _written_map(score, tmp_path / "map.tif")
+    _assert_same_polygons(compare._polygons(path, 0.5), _whole_map_polygons(score, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("limit", "height", "width", "block", "sides"),
+    [
+        (2048, 5000, 3000, (512, 512), (2048, 2048)),  # whole internal blocks per window
+        (2048, 5000, 3000, (384, 384), (1920, 1920)),  # rounded down to a multiple of the blocks
+        (2048, 5000, 3000, (1, 3000), (2048, 2048)),  # a striped file: its long rows are cut
+        (16, 40, 40, (512, 512), (16, 16)),  # blocks above the limit: the memory bound comes first
+    ],
+)
+def test_polygon_windows_cover_the_map_once_aligned_to_its_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+    limit: int,
+    height: int,
+    width: int,
+    block: tuple[int, int],
+    sides: tuple[int, int],
+) -> None:
+    import aef_pipeline.views.compare as compare
+
+    monkeypatch.setattr(compare, "POLYGON_BLOCK_PX", limit)
+    windows = compare._windows(height, width, block)
+    covered = np.zeros((height, width), dtype=np.uint8)
+    for window in windows:
+        assert (window.row_off % sides[0], window.col_off % sides[1]) == (0, 0)
+        assert window.height <= sides[0]
+        assert window.width <= sides[1]
+        covered[window.toslices()] += 1
+    assert (covered == 1).all()

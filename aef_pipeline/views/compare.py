@@ -9,7 +9,7 @@ pixel (within quantisation), falling off elsewhere. Change is 1 - the dot produc
 vectors in two periods: 0 where nothing changed, up to 2. Both are computed chunk by chunk on
 dask, NaN where the field (either period, for change) has no vector, and written as a float32
 COG with overviews per zone group. With a threshold, the pixels at or beyond it become polygons
-(GeoJSON, lon/lat) with their mean score.
+(GeoJSON, lon/lat) with their mean score, drawn from the written map window by window.
 
 With `level` k > 0 the map is made from the store's overview level k (pixels of 10 x 2^k m, each
 the re-normalised mean of the vectors under it) and reads that level alone: a coarse map of a
@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 import rasterio
 import xarray as xr
+from affine import Affine
 from numpy.typing import NDArray
 from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
 from shapely.geometry import shape
 
 from aef_pipeline.errors import UserInputError
@@ -39,6 +41,8 @@ from aef_pipeline.overviews import OVERVIEW_LEVELS
 from aef_pipeline.plan import Period
 from aef_pipeline.store import open_embeddings, store_periods, written_part, zones_with
 from aef_pipeline.views.outputs import check_cog_path, zone_path
+
+POLYGON_BLOCK_PX = 2048  # polygons are drawn from windows of at most 2048 x 2048 px of the map
 
 
 @dataclass(frozen=True)
@@ -187,22 +191,75 @@ def _write(
 
 def _polygons(path: Path, threshold: float) -> gpd.GeoDataFrame:
     """Connected pixels scoring at least the threshold as polygons (pixel edges, 4-connected), each
-    with its mean score; read back from the written map, one zone at a time."""
+    with its mean score; read back from the written map, one zone at a time.
+
+    The map is read in windows of at most POLYGON_BLOCK_PX x POLYGON_BLOCK_PX px (2048: 16 MB of
+    float32, about 50 MB with the mask and labels) aligned to the file's internal blocks, and the
+    pieces cut by window edges are merged afterwards: memory is one window plus the polygons,
+    whatever the area, and the result equals vectorising the whole map at once."""
     with rasterio.open(path) as raster:
-        score = raster.read(1)
         transform, crs = raster.transform, raster.crs
+        # Pieces are drawn in the map's pixel coordinates: whole numbers, so that the edges pieces
+        # share across windows are exactly equal and the union joins them, whatever the transform.
+        pieces = [
+            _pieces(raster.read(1, window=window), Affine.translation(window.col_off, window.row_off), threshold)
+            for window in _windows(raster.height, raster.width, raster.block_shapes[0])
+        ]
+    pieces = [p for p in pieces if len(p)]
+    if not pieces:
+        return gpd.GeoDataFrame({"score": [], "pixels": []}, geometry=[], crs=crs).to_crs("EPSG:4326")
+    found = _merged(pd.concat(pieces, ignore_index=True))
+    frame = gpd.GeoDataFrame(
+        {"score": found["sum"] / found["pixels"], "pixels": found["pixels"]},
+        geometry=found.geometry.affine_transform(transform.to_shapely()),
+        crs=crs,
+    )
+    return frame.to_crs("EPSG:4326")
+
+
+def _windows(height: int, width: int, block: tuple[int, int]) -> list[Window]:
+    """Row-major windows covering the raster, POLYGON_BLOCK_PX square or less, their sides a
+    multiple of the file's internal `block` (rows, cols) so that no internal block is read twice."""
+    # A side above the limit (a striped file's whole rows) is cut: the memory bound comes first.
+    rows, cols = (POLYGON_BLOCK_PX if side > POLYGON_BLOCK_PX else POLYGON_BLOCK_PX // side * side for side in block)
+    return [
+        Window(c0, r0, min(cols, width - c0), min(rows, height - r0))
+        for r0 in range(0, height, rows)
+        for c0 in range(0, width, cols)
+    ]
+
+
+def _pieces(score: NDArray[np.float32], transform: Affine, threshold: float) -> gpd.GeoDataFrame:
+    """The hit regions of one window as polygons (placed by `transform`) with the sum and count of
+    their scores, and whether they reach the window's edge (and may continue in the next window)."""
     hits = np.nan_to_num(score, nan=-np.inf) >= threshold
     outlines = [shape(g) for g, _ in shapes(hits.astype(np.uint8), mask=hits, transform=transform)]
     if not outlines:
-        return gpd.GeoDataFrame({"score": [], "pixels": []}, geometry=[], crs=crs).to_crs("EPSG:4326")
-    # Each outline's own pixels, by burning its number back: the mean score of exactly those.
+        return gpd.GeoDataFrame({"sum": [], "pixels": [], "edge": []}, geometry=[])  # dropped by the caller
+    # Each outline's own pixels, by burning its number back: the scores of exactly those.
     labels = rasterize(
         ((outline, i + 1) for i, outline in enumerate(outlines)), out_shape=score.shape, transform=transform
     )
     pixels = np.bincount(labels.ravel(), minlength=len(outlines) + 1)[1:]
     sums = np.bincount(labels.ravel(), weights=np.nan_to_num(score).ravel(), minlength=len(outlines) + 1)[1:]
-    frame = gpd.GeoDataFrame({"score": sums / pixels, "pixels": pixels}, geometry=outlines, crs=crs)
-    return frame.to_crs("EPSG:4326")
+    edge = np.zeros(len(outlines) + 1, dtype=bool)
+    edge[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+    return gpd.GeoDataFrame({"sum": sums, "pixels": pixels, "edge": edge[1:]}, geometry=outlines)
+
+
+def _merged(pieces: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """`pieces` with those that touch across window edges joined into one polygon each, carrying
+    the summed sums and counts of the pieces inside it."""
+    cut = pieces[pieces["edge"]]
+    if cut.empty:
+        return pieces
+    # The union joins pieces sharing an edge, not those touching at a corner only (4-connected).
+    whole = gpd.GeoDataFrame(geometry=[cut.union_all()]).explode(index_parts=False).reset_index(drop=True)
+    inside = gpd.sjoin(cut.set_geometry(cut.representative_point()), whole, predicate="within")
+    assert len(inside) == len(cut), "every piece lies inside exactly one merged polygon"
+    totals = inside.groupby("index_right")[["sum", "pixels"]].sum()
+    whole = whole.join(totals)
+    return pd.concat([pieces[~pieces["edge"]], whole], ignore_index=True)
 
 
 def summary(written: dict[str, Any]) -> str:
