@@ -102,7 +102,10 @@ def main() -> None:
     catalog, _ = bench_catalog()
     x, y, margin = *CORNER, 50.0
     quadrants = {
-        f"{ns}{ew}": utm_bbox(*sorted((x + sx * margin, x + sx * (SMALL_M - margin))), *sorted((y + sy * margin, y + sy * (SMALL_M - margin))))
+        f"{ns}{ew}": utm_bbox(
+            *sorted((x + sx * margin, x + sx * (SMALL_M - margin))),
+            *sorted((y + sy * margin, y + sy * (SMALL_M - margin))),
+        )
         for ns, sy in (("n", 1), ("s", -1))
         for ew, sx in (("e", 1), ("w", -1))
     }
@@ -116,8 +119,12 @@ def main() -> None:
             figure = memory_figure(one, four)
             print(f"repeat {repeat}: [5] {figure.value:.3f} ({figure.note})", flush=True)
             if args.quadrants:
-                alone = {name: max(cluster_run(request, bbox, workers=1)["peak_rss_gb"]) for name, bbox in quadrants.items()}
-                print("  each task alone: " + ", ".join(f"{name} {gb:.3f} GB" for name, gb in alone.items()), flush=True)
+                alone = {
+                    name: max(cluster_run(request, bbox, workers=1)["peak_rss_gb"]) for name, bbox in quadrants.items()
+                }
+                print(
+                    "  each task alone: " + ", ".join(f"{name} {gb:.3f} GB" for name, gb in alone.items()), flush=True
+                )
 
 
 if __name__ == "__main__":
