@@ -35,7 +35,7 @@ lint: setup
 # clusters and subprocesses for about a third of its time, so two processes finish it sooner even
 # on two cores. `pytest tests/test_x.py` on its own still runs in one process.
 test: lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -182,7 +182,7 @@ def test_two_tiles_on_a_cluster_equal_the_plain_load(tmp_path: Path) -> None:
         for tile, sel in selections.items()
     }
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,  # type: ignore[no-untyped-call]
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,  # type: ignore[no-untyped-call]
         Client(cluster) as client,  # type: ignore[no-untyped-call]
         warnings.catch_warnings(),
     ):
