@@ -6,9 +6,6 @@ with connect(scheduler=None, workers=2) as client:
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import socket
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
@@ -21,7 +18,7 @@ import torch
 from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed, get_worker
 from tqdm import tqdm
 
-from aef_pipeline.environment import available_cores
+from aef_pipeline.environment import available_cores, release_free_memory
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.model import load_model
 from aef_pipeline.plan import TileTask
@@ -186,13 +183,4 @@ def safe_process_task(task: TileTask, request: RunRequest) -> TaskResult:
     try:
         return attempt_task(task, request, plugin.context)
     finally:
-        _release_free_memory()
-
-
-def _release_free_memory() -> None:
-    """Hand the task's freed heap back to the OS once, at its end (glibc only), so a worker's
-    resident memory does not creep up from task to task (instead of dask's MALLOC_TRIM_THRESHOLD_,
-    which trims on every free and slowed the encoder 2.5x; see worker_environ)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        release_free_memory()

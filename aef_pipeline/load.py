@@ -67,8 +67,8 @@ class GdalOptions:
         return {
             # Each block is decoded once per task: a large block cache only holds memory (GDAL's
             # default is 5 % of RAM per process), so keep it small. In bytes: rasterio hands an int
-            # straight to GDALSetCacheMax64 (the MB rule of GDAL's own parsing does not apply), and
-            # a bare 64 gave a 64-byte cache, every block decoded again for each chunk it touches.
+            # straight to GDALSetCacheMax64 (GDAL's "< 100000 means MB" rule does not apply): a bare
+            # 64 was a 64-byte cache. The setting is process-wide while the Env is entered.
             "GDAL_CACHEMAX": self.block_cache_mb * 2**20,
             # Never list a COG's directory on open: one request per file instead of hundreds.
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
@@ -152,8 +152,8 @@ def replace_fuser(dst: np.ndarray, src: np.ndarray) -> None:
 
     odc-stac fills each chunk of a frame with nodata, reads every source of the frame into a new
     array and copies it in where the chunk is still nodata. With `groupby="id"` and unique ids a
-    frame has one source, so the masked copy (a mask over the chunk and a masked copy: about a
-    tenth of the load's time) gives exactly what a plain copy does."""
+    frame has one source, so the masked copy (a nodata mask over the chunk, then a masked copy: 4 %
+    of the load in a profile) gives exactly what a plain copy does."""
     np.copyto(dst, src)
 
 

@@ -29,7 +29,7 @@ import xarray as xr
 from aef_pipeline import __version__
 from aef_pipeline.catalog import write_stac
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
-from aef_pipeline.environment import TaskEnvironment, applied, available_cores
+from aef_pipeline.environment import TaskEnvironment, applied, available_cores, release_free_memory
 from aef_pipeline.errors import AefError, AefWarning, StorageFullError, TileUnreadableError
 from aef_pipeline.grid import BBox
 from aef_pipeline.load import load_selection, report_read_failures, selection_hrefs
@@ -93,9 +93,9 @@ class TaskContext:
     model: LoadedModel
     sources: dict[CatalogConfig, SceneSource] = field(default_factory=dict)
     encoder_turn: threading.Lock = field(default_factory=threading.Lock)
-    """Held by a task from its first forward pass to its last: tasks running side by side in this
-    process (two per GPU) take turns on the encoder, one encoding while the other searches, reads
-    ahead and writes (encode.encode_cube)."""
+    """Held around each forward pass: tasks running side by side in this process (two per GPU)
+    take turns on the encoder, one task's pass running while the other searches, reads, prepares
+    its windows and writes (encode.encode_cube)."""
 
     def source(self, catalog: CatalogConfig) -> SceneSource:
         if catalog not in self.sources:
@@ -220,6 +220,7 @@ def process_task(task: TileTask, request: RunRequest, context: TaskContext) -> T
             result.status = TaskStatus.EMPTY
             return result
         embeddings = load_and_encode(task, request, context.model, selection, result, context.encoder_turn)
+        release_free_memory()  # the write's whole-tile buffers need not come on top of the encoder's leftovers
         write(task, request, context.model, embeddings, result)
     return result
 
