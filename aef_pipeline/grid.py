@@ -27,6 +27,8 @@ DENSIFY_DEGREES = 0.01
 EMBEDDING_DIM = 64
 # 1920 px = 19.2 km: a whole number of the encoder's 96 px window cores and 128 px windows.
 TILE_PIXELS = 1920
+TILE_M = TILE_PIXELS * RESOLUTION_M
+"""A tile's side in metres: tile column = easting // TILE_M, row = northing // TILE_M."""
 # Pixels read around a tile so windows at its edge see their full spatial context: the paper's
 # 16 px context of a 96 px core at L = 128. A model spec with a wider context passes its own.
 DEFAULT_HALO_PIXELS = 16

@@ -313,7 +313,7 @@ def report_read_failures(assets: Collection[str] | None = None) -> Iterator[list
     in one process see each other's log records.
     """
     failures: list[str] = []
-    handler = _FailureHandler(failures, None if assets is None else frozenset(assets))
+    handler = _FailureHandler(failures, None if assets is None else tuple(assets))
     logger = logging.getLogger("odc.loader._rio")
     logger.addHandler(handler)
     try:
@@ -325,14 +325,18 @@ def report_read_failures(assets: Collection[str] | None = None) -> Iterator[list
 
 
 class _FailureHandler(logging.Handler):
-    def __init__(self, sink: list[str], assets: frozenset[str] | None) -> None:
+    def __init__(self, sink: list[str], assets: tuple[str, ...] | None) -> None:
         super().__init__(level=logging.WARNING)
         self._sink = sink
         self._assets = assets
+        """Hrefs whose failures are this handler's; None: every failure."""
 
     def emit(self, record: logging.LogRecord) -> None:
         match = _FAILURE.match(record.getMessage())
-        if match and self._assets is not None and not any(match["uri"].startswith(a) for a in self._assets):
+        if not match:
+            return
+        uri = match["uri"]
+        if self._assets is not None and not uri.startswith(self._assets):
             return  # another task's asset (signed URLs and readers' names extend the href)
-        if match and not any(entry.startswith(match["uri"] + " ") for entry in self._sink):  # once per asset
-            self._sink.append(f"{match['uri']} ({match['reason'].splitlines()[0][:200]})")
+        if not any(entry.startswith(uri + " ") for entry in self._sink):  # once per asset
+            self._sink.append(f"{uri} ({match['reason'].splitlines()[0][:200]})")

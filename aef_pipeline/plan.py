@@ -14,8 +14,9 @@ polygons meet, each window the bounding box of the region's part of the tile.
 from __future__ import annotations
 
 import datetime as dt
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,8 +24,8 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import box
 
 from aef_pipeline.errors import UserInputError
-from aef_pipeline.grid import DENSIFY_DEGREES, RESOLUTION_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
-from aef_pipeline.region import TILE_M, Region, ZoneCover, zone_covers
+from aef_pipeline.grid import DENSIFY_DEGREES, RESOLUTION_M, TILE_M, TILE_PIXELS, BBox, TileId, tiles_for_bbox
+from aef_pipeline.region import Region, ZoneCover, zone_covers
 
 # The years the product covers (annual layers, as the published embeddings).
 PRODUCT_YEARS = (2017, 2024)
@@ -178,15 +179,10 @@ def region_windows(region: Region, core: int) -> list[tuple[TileId, Window]]:
 
 
 def _cover_windows(cover: ZoneCover, core: int) -> list[tuple[TileId, Window]]:
-    """task_window's arithmetic (_span_window's) on every tile of a zone at once."""
+    """task_window's rounding (_core_window) on every tile of a zone at once."""
     left, bottom, right, top = cover.bounds.T
     x0, y0 = cover.cols * float(TILE_M), (cover.rows + 1) * float(TILE_M)  # each tile's top-left corner
-    edges = (
-        _down_all((y0 - top) / RESOLUTION_M, core),
-        _up_all((y0 - bottom) / RESOLUTION_M, core),
-        _down_all((left - x0) / RESOLUTION_M, core),
-        _up_all((right - x0) / RESOLUTION_M, core),
-    )
+    edges = _core_window(left, bottom, right, top, x0, y0, core)
     windows = zip(*(edge.tolist() for edge in edges), strict=True)
     tiles = [
         TileId(cover.zone, cover.hemisphere, c, r)
@@ -212,28 +208,30 @@ def _span_window(tile: TileId, bbox: BBox, west: float, east: float, core: int) 
     if projected.is_empty:
         return None
     left, bottom, right, top = projected.boundingbox
-    x0, y0 = geobox.affine.c, geobox.affine.f
-    c0, c1 = (left - x0) / RESOLUTION_M, (right - x0) / RESOLUTION_M
-    r0, r1 = (y0 - top) / RESOLUTION_M, (y0 - bottom) / RESOLUTION_M
-    return _down(r0, core), _up(r1, core), _down(c0, core), _up(c1, core)
+    r0, r1, c0, c1 = _core_window(left, bottom, right, top, geobox.affine.c, geobox.affine.f, core)
+    return int(r0), int(r1), int(c0), int(c1)
 
 
-def _down(value: float, core: int) -> int:
-    return max(0, min(TILE_PIXELS, math.floor(value / core) * core))
+Metres = float | NDArray[np.floating[Any]]
 
 
-def _up(value: float, core: int) -> int:
-    return max(0, min(TILE_PIXELS, math.ceil(value / core) * core))
+def _core_window(
+    left: Metres, bottom: Metres, right: Metres, top: Metres, x0: Metres, y0: Metres, core: int
+) -> tuple[NDArray[np.int64], ...]:
+    """(row0, row1, col0, col1) of bounds in a tile whose top-left corner is (x0, y0), in metres,
+    rounded out to whole cores and kept within the tile: for one tile (task_window) or, as arrays,
+    for every tile of a zone at once (region_windows)."""
+    return (
+        _rounded((y0 - top) / RESOLUTION_M, core, np.floor),
+        _rounded((y0 - bottom) / RESOLUTION_M, core, np.ceil),
+        _rounded((left - x0) / RESOLUTION_M, core, np.floor),
+        _rounded((right - x0) / RESOLUTION_M, core, np.ceil),
+    )
 
 
-def _down_all(values: NDArray[np.float64], core: int) -> NDArray[np.int64]:
-    """_down of every value."""
-    return np.clip(np.floor(values / core).astype(np.int64) * core, 0, TILE_PIXELS)
-
-
-def _up_all(values: NDArray[np.float64], core: int) -> NDArray[np.int64]:
-    """_up of every value."""
-    return np.clip(np.ceil(values / core).astype(np.int64) * core, 0, TILE_PIXELS)
+def _rounded(pixels: Metres, core: int, direction: Callable[[Any], Any]) -> NDArray[np.int64]:
+    """`pixels` rounded to a multiple of `core` (down or up), within 0..TILE_PIXELS."""
+    return np.clip(np.asarray(direction(np.asarray(pixels) / core)).astype(np.int64) * core, 0, TILE_PIXELS)
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,12 @@ from numpy.typing import NDArray
 from pyproj import Transformer
 
 from aef_pipeline.errors import AefWarning, UserInputError
-from aef_pipeline.grid import DENSIFY_DEGREES, RESOLUTION_M, TILE_PIXELS, UTM_LATITUDES, BBox, utm_epsg, zone_parts
+from aef_pipeline.grid import DENSIFY_DEGREES, TILE_M, UTM_LATITUDES, BBox, utm_epsg, zone_parts
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
 FORMATS = "GeoJSON, GeoPackage or GeoParquet file of polygons"
-TILE_M = TILE_PIXELS * RESOLUTION_M
 # How far (km on the ground) a tile met inside its zone's band can reach beyond the band: its
 # diagonal, 27.2 km, with slack for UTM's scale factor (a 19.2 km tile is at most 19.21 km long).
 RIM_KM = 30.0

@@ -26,6 +26,11 @@ RUN = ("run", "--stac", "{stac}", "--device", "cpu", "--workers", "1")
 AREA = (*BBOX, "--years", "2022", "--out", "{out}")
 
 
+def region_run(path: str) -> tuple[str, ...]:
+    """`run` over the region in `path` instead of BBOX."""
+    return (*RUN, "--region", path, "--years", "2022", "--out", "{out}")
+
+
 def spec_with_weights(folder: Path, file: str, content: bytes | None, sha256: str | None = None) -> Path:
     """models/tiny.toml with a checkpoint `file` (written with `content`) and its sha256 (by default
     the content's own) in `folder`."""
@@ -104,32 +109,32 @@ CASES = [
     ),
     Case(
         "region file missing",
-        (*RUN, "--region", "{tmp}/areas.gpkg", "--years", "2022", "--out", "{out}"),
+        region_run("{tmp}/areas.gpkg"),
         ("region file {tmp}/areas.gpkg not found", "give a GeoJSON, GeoPackage or GeoParquet file of polygons"),
     ),
     Case(
         "region file not a vector file",
-        (*RUN, "--region", "{bad_toml}", "--years", "2022", "--out", "{out}"),
+        region_run("{bad_toml}"),
         ("cannot read a region from {bad_toml}",),
     ),
     Case(
         "region file without features",
-        (*RUN, "--region", "{empty_region}", "--years", "2022", "--out", "{out}"),
+        region_run("{empty_region}"),
         ("{empty_region} holds no features",),
     ),
     Case(
         "region file without a CRS",
-        (*RUN, "--region", "{no_crs_region}", "--years", "2022", "--out", "{out}"),
+        region_run("{no_crs_region}"),
         ("{no_crs_region} declares no CRS", "write the file with its CRS"),
     ),
     Case(
         "region of points",
-        (*RUN, "--region", "{point_region}", "--years", "2022", "--out", "{out}"),
+        region_run("{point_region}"),
         ("features [0] are not polygons (the first is a point)", "buffer points or lines first"),
     ),
     Case(
         "region across the antimeridian, not split",
-        (*RUN, "--region", "{wide_region}", "--years", "2022", "--out", "{out}"),
+        region_run("{wide_region}"),
         ("region wide.geojson spans 179 60 181 61", "split it at the antimeridian"),
     ),
     Case(
