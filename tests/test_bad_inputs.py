@@ -264,6 +264,7 @@ CASES = [
         ("cannot create /proc/aef/field.zarr.lock", "choose a writable --out"),
     ),
     Case("threads zero", (*RUN, *AREA, "--threads", "0"), ("--threads 0 is not a thread count",)),
+    Case("stac retries negative", (*RUN, *AREA, "--stac-retries", "-1"), ("--stac-retries -1 is not a count",)),
     Case(
         "tasks per worker zero",
         (*RUN, *AREA, "--tasks-per-worker", "0"),
