@@ -25,13 +25,19 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
+from aef_pipeline.cog_reader import OpenFileDriver
 from aef_pipeline.errors import AefWarning
 from aef_pipeline.providers import SCL
 from aef_pipeline.search import SceneSelection
 from aef_pipeline.sentinel2 import BAND_BY_NAME
 
-# Rows of a lazy cube's chunks (full width, one frame: each product is its own file).
+# Rows of a lazy cube's chunks (full width: each product is its own file).
 DEFAULT_CHUNK_ROWS = 512
+# Frames of a lazy cube's chunks. Each chunk is a dask task that enters GDAL's environment and is
+# assembled into the block the encoder reads: one frame per chunk made these per-chunk costs as
+# large as the reads themselves (docs/performance.md, figure 2). Eight frames keep a row block
+# split into several chunks per band, for the read threads to share.
+DEFAULT_CHUNK_FRAMES = 8
 # Nodata and dtype for every provider: Planetary Computer declares neither (no raster:bands), and
 # odc-stac would then load float32 without nodata.
 _STAC_CFG = {"*": {"assets": {"*": {"data_type": "uint16", "nodata": 0}, SCL: {"data_type": "uint8", "nodata": 0}}}}
@@ -90,17 +96,20 @@ def load_selection(
     chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
     sign_url: Callable[[str], str] | None = None,
     reader: Any = None,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
 ) -> xr.Dataset:
     """A Dataset with one variable per band name (plus SCL), dims (time, y, x) on exactly `geobox`.
 
     `chunk_rows=None` reads eagerly into numpy; otherwise the arrays are lazy dask chunks of one
-    frame, `chunk_rows` rows and the full width (the encoder reads the cube in such row blocks, so
-    each chunk is read once). Unreadable assets are skipped (odc-stac `fail_on_error=False`) and
-    reported by `report_read_failures`. `sign_url` rewrites asset URLs just before reading
+    `chunk_frames` frames, `chunk_rows` rows and the full width (the encoder reads the cube in such
+    row blocks, so each chunk is read once). Unreadable assets are skipped (odc-stac
+    `fail_on_error=False`) and reported by `report_read_failures`. `sign_url` rewrites asset URLs just before reading
     (Planetary Computer SAS tokens expire, so they are signed at read time, not at search time);
     the default signs when the `planetary-computer` package is installed. `reader` is an odc-stac
-    reader driver (`odc.loader.types.ReaderDriver`; None: odc-stac's rasterio reader): the seam
-    through which tests put a failing or slow reader under a real run (aef_pipeline.testing.readers).
+    reader driver (`odc.loader.types.ReaderDriver`; None: a `cog_reader.OpenFileDriver` of this
+    load's own, which opens each file once; `odc.loader._rio.RioDriver()` is odc-stac's default):
+    the seam through which tests put a failing or slow reader under a real run
+    (aef_pipeline.testing.readers).
     Log records of the reads carry asset URLs: read inside `environment.applied` (every task does),
     which redacts signed-URL tokens from them.
 
@@ -129,20 +138,23 @@ def load_selection(
         fail_on_error=False,
         stac_cfg=_STAC_CFG,
         patch_url=sign_url or default_url_signer(),
-        driver=reader,
+        driver=reader or OpenFileDriver(),  # one for all of this task's loads: they share files
         fuse_func=_fuser(items),
     )
     parts = []
     with rasterio.Env(**gdal.env()):
         if fine:
-            parts.append(load(bands=fine, geobox=geobox, chunks=_row_chunks(chunk_rows)))
+            parts.append(load(bands=fine, geobox=geobox, chunks=_row_chunks(chunk_rows, chunk_frames)))
         if SCL in coarse:
             coarse_rows = None if chunk_rows is None else max(1, chunk_rows // 2)
             parts.append(
-                _doubled(load(bands=[SCL], geobox=geobox.zoom_out(2), chunks=_row_chunks(coarse_rows)), geobox)
+                _doubled(
+                    load(bands=[SCL], geobox=geobox.zoom_out(2), chunks=_row_chunks(coarse_rows, chunk_frames)), geobox
+                )
             )
         if coarse_reflectance := [name for name in coarse if name != SCL]:
-            parts.append(_upsampled(load, coarse_reflectance, geobox, rows, lazy=chunk_rows is not None))
+            lazy_frames = None if chunk_rows is None else chunk_frames
+            parts.append(_upsampled(load, coarse_reflectance, geobox, rows, lazy_frames))
     merged = xr.merge(parts, compat="override", join="override", combine_attrs="override")
     return merged[names]
 
@@ -164,9 +176,9 @@ def _fuser(items: Sequence[pystac.Item]) -> str | None:
     return f"{__name__}.{replace_fuser.__name__}" if unique else None
 
 
-def _row_chunks(rows: int | None) -> dict[str, int | Literal["auto"]] | None:
-    """odc-stac chunks of one frame, `rows` rows and the full width; None loads eagerly."""
-    return None if rows is None else {"time": 1, "y": rows, "x": -1}
+def _row_chunks(rows: int | None, frames: int = DEFAULT_CHUNK_FRAMES) -> dict[str, int | Literal["auto"]] | None:
+    """odc-stac chunks of `frames` frames, `rows` rows and the full width; None loads eagerly."""
+    return None if rows is None else {"time": frames, "y": rows, "x": -1}
 
 
 def _native_resolution(name: str) -> int:
@@ -188,20 +200,25 @@ def _on_lattice(geobox: GeoBox, factor: int) -> bool:
     )
 
 
-def _upsampled(load: Callable[..., xr.Dataset], names: list[str], geobox: GeoBox, rows: int, lazy: bool) -> xr.Dataset:
+def _upsampled(
+    load: Callable[..., xr.Dataset], names: list[str], geobox: GeoBox, rows: int, frames: int | None
+) -> xr.Dataset:
     """`names` (20 m reflectance) on the 10 m `geobox`, bilinear, in blocks of `rows` rows: each block
     is read on its own 20 m grid padded by one pixel, so it is complete by itself (no block reads
-    another's chunk; the encoder computes one block at a time)."""
+    another's chunk; the encoder computes one block at a time). Lazy in chunks of `frames` frames,
+    or eager (None)."""
     blocks = []
     for start in range(0, geobox.shape[0], rows):
         block = geobox[start : min(start + rows, geobox.shape[0]), :]
-        coarse = load(bands=names, geobox=block.zoom_out(2).pad(1), chunks=_row_chunks(-1 if lazy else None))
+        coarse = load(bands=names, geobox=block.zoom_out(2).pad(1), chunks=_row_chunks(-1, frames) if frames else None)
         coords = {"time": coarse.time, **xr_coords(block, crs_coord_name="spatial_ref")}
         out = {}
         for name, variable in coarse.data_vars.items():
             data = variable.data
-            if lazy:
-                doubled = data.map_blocks(bilinear_doubled, chunks=(1, *block.shape), dtype=data.dtype)
+            if frames:
+                doubled = data.map_blocks(
+                    bilinear_doubled, chunks=(data.chunks[0], *((n,) for n in block.shape)), dtype=data.dtype
+                )
             else:
                 doubled = bilinear_doubled(data)
             out[name] = xr.DataArray(doubled, dims=("time", "y", "x"), coords=coords, attrs=variable.attrs)
@@ -215,23 +232,45 @@ def bilinear_doubled(padded: np.ndarray) -> np.ndarray:
     and 1/4 per axis), nodata neighbours left out and the weights of the others renormalised, and
     nodata (0) where the valid ones carry less than half the weight; rounded half up. Equal to
     GDAL's output, pixel for pixel, on the benchmark test bed (swath edges included)."""
-    valid = (padded > 0).astype(np.float32)
-    weight = _doubled_linear(valid)
-    total = _doubled_linear(padded.astype(np.float32) * valid)
+    weight = _doubled_linear((padded > 0).astype(np.float32))
+    values = _doubled_linear(padded.astype(np.float32))  # nodata is 0: it adds nothing to the sum
     with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(weight >= 0.5, np.floor(total / weight + 0.5), 0)
+        values /= weight
+    values += 0.5
+    np.floor(values, out=values)
+    values[weight < 0.5] = 0
     return values.astype(padded.dtype)
 
 
 def _doubled_linear(padded: np.ndarray) -> np.ndarray:
     """Linear interpolation of the inner pixels to twice the resolution, one axis after the other:
-    a 10 m pixel centre lies a quarter of a 20 m pixel from its own pixel's centre."""
-    centre = padded[..., 1:-1, :]
-    rows = np.stack([0.75 * centre + 0.25 * padded[..., :-2, :], 0.75 * centre + 0.25 * padded[..., 2:, :]], axis=-2)
-    rows = rows.reshape(*padded.shape[:-2], 2 * centre.shape[-2], padded.shape[-1])
-    centre = rows[..., 1:-1]
-    cols = np.stack([0.75 * centre + 0.25 * rows[..., :-2], 0.75 * centre + 0.25 * rows[..., 2:]], axis=-1)
-    return cols.reshape(*rows.shape[:-1], 2 * centre.shape[-1])
+    a 10 m pixel centre lies a quarter of a 20 m pixel from its own pixel's centre, so each is
+    3/4 of its own pixel plus 1/4 of the neighbour on its side. Written into the output's every
+    other row (column), without stacking copies: the loader's 20 m bands spend most of their
+    time here."""
+    *lead, height, width = padded.shape
+    rows = np.empty((*lead, 2 * (height - 2), width), np.float32)
+    _interleave(padded, rows, axis=-2)
+    out = np.empty((*lead, 2 * (height - 2), 2 * (width - 2)), np.float32)
+    _interleave(rows, out, axis=-1)
+    return out
+
+
+def _interleave(padded: np.ndarray, out: np.ndarray, axis: int) -> None:
+    """out's even (odd) positions along `axis`: 3/4 of the inner pixel plus 1/4 of the one before
+    (after) it, for the pixels inside `padded`'s one-pixel rim on that axis."""
+    n = padded.shape[axis]
+
+    def take(part: slice, array: np.ndarray = padded) -> np.ndarray:
+        index = [slice(None)] * array.ndim
+        index[axis] = part
+        return array[tuple(index)]
+
+    centre = 0.75 * take(slice(1, n - 1))
+    for side, neighbour in ((slice(0, None, 2), slice(0, n - 2)), (slice(1, None, 2), slice(2, n))):
+        half = take(side, out)
+        np.multiply(take(neighbour), 0.25, out=half)
+        half += centre
 
 
 def _doubled(coarse: xr.Dataset, geobox: GeoBox) -> xr.Dataset:

@@ -1,0 +1,238 @@
+"""An odc-stac reader driver that opens each COG once per task, not once per chunk.
+
+odc-stac's rasterio driver opens, plans, reads and closes the file for every chunk it fills (a
+frame's row block of one band), and plans each read's windows afresh; on our benchmark data the
+opens and plans cost about as much as GDAL's decoding (docs/performance.md, figure 2). This
+driver plugs into odc-stac's own seam (`odc.stac.load(driver=...)`):
+
+- each file is opened once per driver, and the driver is made once per task's load
+  (`load.load_selection`), so all of a task's loads (10 m bands, SCL, the 20 m blocks) share the
+  handles; a handle is read by one thread at a time (a rasterio dataset is not thread-safe);
+- odc-geo's read plan (`compute_reproject_roi`) is made once per pair of grids: the products of
+  one tile share their grids, so a task has a few pairs and hundreds of reads;
+- a read that pastes source pixels onto the grid (same CRS and pixel size, whole-pixel offset:
+  every Sentinel-2 read of a tile task) is a window read from the open handle, with odc-stac's
+  nodata rules. Every other read (warps, overviews, band lists) and every read that fails is
+  handed to odc-stac's own `rio_read`, so warping, and the skipping and logging of unreadable
+  assets, stay odc-stac's (a file that failed is not tried again by this driver).
+
+The handles close when the task's cube is released (the driver goes with it), or past `max_open`
+files (least recently used first). odc-loader's `LocalContext` carries a "file handle cache goes
+here" note: this is that cache, kept on our side until odc-loader has one.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import numpy as np
+import rasterio
+import rasterio.errors
+from odc.geo.converters import rio_geobox
+from odc.geo.geobox import GeoBox
+from odc.geo.overlap import ReprojectInfo, compute_reproject_roi
+from odc.geo.roi import roi_is_empty, roi_shape, w_
+from odc.loader._reader import (
+    nodata_mask,
+    resolve_band_query,
+    resolve_dst_dtype,
+    resolve_dst_nodata,
+    resolve_src_nodata,
+    same_nodata,
+)
+from odc.loader._rio import GlobalContext, capture_rio_env, rio_env, rio_read
+from odc.loader.types import RasterLoadParams, RasterSource
+
+# Far above the files of one task (40-60 frames x 6 assets): a task reads its files in turn, row
+# block after row block, so a bound below that would evict every handle before its next use.
+DEFAULT_MAX_OPEN = 1024
+
+
+class _OpenFile:
+    """One open dataset, its grid, and the lock that keeps its reads one at a time."""
+
+    def __init__(self, uri: str) -> None:
+        self.dataset = rasterio.open(uri, "r", sharing=False)
+        self.geobox = rio_geobox(self.dataset)
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.dataset.close()
+
+
+class OpenFiles:
+    """The files a driver has opened, by URI, and its read plans; thread-safe.
+
+    odc-stac's dask graphs make the readers in tasks of their own and send them to the tasks that
+    read, maybe in another worker process. Pickled, this is its token: unpickled in a process that
+    already holds the same token's files (a worker reading several chunks of one load), it is
+    those files; elsewhere it starts empty and opens its own."""
+
+    def __init__(self, max_open: int = DEFAULT_MAX_OPEN, token: str | None = None) -> None:
+        self.max_open = max_open
+        self.token = token or uuid.uuid4().hex
+        self._files: OrderedDict[str, _OpenFile] = OrderedDict()
+        self._failed: set[str] = set()
+        self._plans: dict[tuple[GeoBox, GeoBox, float], ReprojectInfo] = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        return (_files_of_token, (self.token, self.max_open))
+
+    def get(self, uri: str) -> _OpenFile | None:
+        """The open file, or None where opening it failed (then odc-stac's reader takes over)."""
+        with self._lock:
+            if uri in self._failed:
+                return None
+            if (file := self._files.get(uri)) is not None:
+                self._files.move_to_end(uri)
+                return file
+        try:
+            opened = _OpenFile(uri)  # outside the lock: an open over HTTP takes a round trip
+        except rasterio.errors.RasterioError:
+            with self._lock:
+                self._failed.add(uri)
+            return None
+        with self._lock:
+            file = self._files.setdefault(uri, opened)
+            evicted = [self._files.popitem(last=False)[1] for _ in range(len(self._files) - self.max_open)]
+        if file is not opened:
+            opened.close()  # another thread opened it meanwhile
+        for old in evicted:
+            old.close()
+        return file
+
+    def forget(self, uri: str) -> None:
+        """Stop using `uri`'s handle (a read from it failed)."""
+        with self._lock:
+            self._failed.add(uri)
+            file = self._files.pop(uri, None)
+        if file is not None:
+            file.close()
+
+    def read_plan(self, src: GeoBox, dst: GeoBox, ttol: float) -> ReprojectInfo:
+        """odc-geo's plan of a read from grid `src` onto grid `dst`, made once per pair."""
+        key = (src, dst, ttol)
+        with self._lock:
+            plan = self._plans.get(key)
+        if plan is None:
+            plan = compute_reproject_roi(src, dst, ttol=ttol)
+            with self._lock:
+                self._plans[key] = plan
+        return plan
+
+    def close(self) -> None:
+        with self._lock:
+            files, self._files = list(self._files.values()), OrderedDict()
+        for file in files:
+            file.close()
+
+
+# The OpenFiles alive in this process, by token: filled as graphs' readers arrive, emptied as the
+# last reader or driver of a load is dropped (the handles then close with their datasets).
+_LIVE_FILES: weakref.WeakValueDictionary[str, OpenFiles] = weakref.WeakValueDictionary()
+
+
+def _files_of_token(token: str, max_open: int) -> OpenFiles:
+    """This process's files of `token` (see OpenFiles)."""
+    files = _LIVE_FILES.get(token)
+    if files is None:
+        files = _LIVE_FILES.setdefault(token, OpenFiles(max_open, token))
+    return files
+
+
+class OpenFileReader:
+    """Reads one raster source through the driver's open handle (see the module doc)."""
+
+    def __init__(self, src: RasterSource, files: OpenFiles) -> None:
+        self._src = src
+        self._files = files
+
+    def read(
+        self,
+        cfg: RasterLoadParams,
+        dst_geobox: GeoBox,
+        *,
+        dst: np.ndarray | None = None,
+        selection: Any = None,
+    ) -> tuple[tuple[slice, slice], np.ndarray]:
+        if dst is None and selection is None:  # what odc-stac's chunk filler asks for
+            pasted = self._paste(cfg, dst_geobox)
+            if pasted is not None:
+                return pasted
+        return rio_read(self._src, cfg, dst_geobox, dst=dst, selection=selection)
+
+    def _paste(self, cfg: RasterLoadParams, dst_geobox: GeoBox) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """The read as a window of the open file, or None where it is odc-stac's to do."""
+        file = self._files.get(self._src.uri)
+        if file is None or not isinstance(file.geobox, GeoBox):  # failed, or placed by GCPs
+            return None
+        ttol = 0.9 if cfg.nearest else 0.05  # odc-stac's tolerance for "no resampling needed"
+        plan = self._files.read_plan(file.geobox, dst_geobox, ttol)
+        band = resolve_band_query(self._src, file.dataset.count)
+        if not (isinstance(band, int) and plan.paste_ok and plan.read_shrink == 1):
+            return None
+        roi = cast(tuple[slice, slice], plan.roi_dst)
+        pixels = np.empty(roi_shape(roi), dtype=resolve_dst_dtype(file.dataset.dtypes[band - 1], cfg))
+        src_nodata = resolve_src_nodata(file.dataset.nodatavals[band - 1], cfg)
+        dst_nodata = resolve_dst_nodata(pixels.dtype, cfg, src_nodata)
+        if roi_is_empty(roi):
+            return roi, pixels
+        if roi_is_empty(plan.roi_src):
+            if dst_nodata is not None:
+                pixels[...] = dst_nodata
+            return roi, pixels
+        try:
+            read_window(file, band, cast(tuple[slice, slice], plan.roi_src), pixels)
+        except rasterio.errors.RasterioError:
+            self._files.forget(self._src.uri)
+            return None  # odc-stac's reader tries from a fresh open, and skips and logs a failure
+        if dst_nodata is not None and not same_nodata(src_nodata, dst_nodata):
+            np.copyto(pixels, dst_nodata, where=nodata_mask(pixels, src_nodata))
+        return roi, pixels
+
+
+def read_window(file: _OpenFile, band: int, window: tuple[slice, slice], out: np.ndarray) -> None:
+    """Read `window` of `band` into `out`, one thread at a time per file (benchmarks count the
+    source pixels read here)."""
+    with file.lock:
+        file.dataset.read(band, out=out, window=w_[window])
+
+
+class OpenFileDriver:
+    """odc-stac reader driver (`odc.loader.types.ReaderDriver`) keeping its files open.
+
+    Make one per task: it holds that task's handles. Pickled (a graph sent to worker processes),
+    it shares the handles of the process it arrives in (see OpenFiles)."""
+
+    def __init__(self, max_open: int = DEFAULT_MAX_OPEN) -> None:
+        self.max_open = max_open
+        self.files = _files_of_token(uuid.uuid4().hex, max_open)
+
+    def new_load(self, geobox: GeoBox, *, chunks: dict[str, int] | None = None) -> GlobalContext:
+        return GlobalContext(geobox, chunks=chunks)
+
+    def finalise_load(self, load_state: GlobalContext) -> GlobalContext:
+        return load_state  # handles outlive a load: the task's other loads read the same files
+
+    def capture_env(self) -> dict[str, Any]:
+        return capture_rio_env()
+
+    @contextmanager
+    def restore_env(self, env: dict[str, Any], load_state: GlobalContext) -> Iterator[OpenFiles]:
+        with rio_env(**env):
+            yield self.files
+
+    def open(self, src: RasterSource, ctx: OpenFiles) -> OpenFileReader:
+        return OpenFileReader(src, ctx)
+
+    md_parser = None
+    dask_reader = None
+    aux_reader = None
