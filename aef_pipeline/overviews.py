@@ -52,9 +52,12 @@ OVERVIEW_METHOD = "mean of the unit vectors over the block (nodata excluded), re
 # Rows of a tile de-quantised at once for the level-1 sums: 16 x 1920 px of float32 is 7.9 MB, so
 # the lookup, the mask and the three additions of a strip stay in cache (128 rows took 2x longer).
 SUM_STRIP_PX = 16
-# Rows of a level normalised at once: bounds the float64 temporaries of the norms (level 1 of a
-# whole tile would otherwise make two of 472 MB each).
-NORM_STRIP_PX = 64
+# Rows of a level normalised at once: bounds the float64 temporaries of the norms (16 rows of a
+# whole tile's level 1 are 7.9 MB each; a whole level 1 would make two of 472 MB).
+NORM_STRIP_PX = 16
+# Rows of level 0 taken through every level at once (rounded up to whole blocks of the coarsest
+# level): bounds the float32 sums to 64 rows of level 1 (15.7 MB for a whole tile's width).
+OVERVIEW_STRIP_PX = 128
 
 
 def overview_group(zone: str, level: int) -> str:
@@ -146,12 +149,15 @@ def write_overviews(
     """Every level's block of one tile-period, computed from its stored level-0 values (a whole
     tile: (y, x, band) as stored, and its counts), each written as whole shards."""
     rows, cols = region
-    for level, (stored, counts) in enumerate(overview_blocks(values, observations, levels), start=1):
+    blocks = overview_blocks(values, observations, levels)
+    for level in range(1, levels + 1):
+        stored, counts = blocks.pop(0)  # each level let go once written
         factor, group = 2**level, path / overview_group(zone, level)
         coarse_rows = slice(rows.start // factor, rows.stop // factor)
         coarse_cols = slice(cols.start // factor, cols.stop // factor)
         zarr.open_array(str(group / "embedding"), mode="r+")[index, coarse_rows, coarse_cols, :] = stored
         zarr.open_array(str(group / "observations"), mode="r+")[index, coarse_rows, coarse_cols] = counts
+        del stored, counts
 
 
 def overview_blocks(values: np.ndarray, observations: np.ndarray, levels: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -160,23 +166,36 @@ def overview_blocks(values: np.ndarray, observations: np.ndarray, levels: int) -
     with no valid pixel is nodata. Each level is summed from the previous level's sums (not its
     re-normalised vectors), so every level is the exact mean over its 2^k x 2^k pixels. Only the
     box around the valid pixels is computed: a window written into a tile costs what the window does.
+
+    The box is taken OVERVIEW_STRIP_PX rows at a time (whole blocks of the coarsest level), each
+    strip through every level: a level's sums never exist for more than a strip (a whole valid
+    tile's level-1 sums are 236 MB of float32), only the blocks as stored (1/3 of level 0).
+    Every pixel of every level adds the same terms in the same order as when the whole box is
+    summed at once, so the bits do not depend on the strips (tests/test_overviews.py).
     `verify` recomputes these and compares bits: any change here must keep them."""
     if levels == 0:  # a group made before overviews, or migrated
         return []
     int8 = values.dtype == np.int8
     valid = values[..., 0] != NODATA_INT8 if int8 else np.isfinite(values[..., 0])
-    r0, r1, c0, c1 = _valid_box(valid, 2**levels)
-    sums = _level_one_sums(values[r0:r1, c0:c1], valid[r0:r1, c0:c1])
-    weights, counts = _sum_2x2(valid[r0:r1, c0:c1].astype(np.int32)), _sum_2x2(observations.astype(np.int32))
-    blocks = []
+    coarsest = 2**levels
+    r0, r1, c0, c1 = _valid_box(valid, coarsest)
+    blocks, counts = [], observations.astype(np.int32)
     for level in range(1, levels + 1):
-        if level > 1:
-            sums, weights, counts = _sum_2x2(sums), _sum_2x2(weights), _sum_2x2(counts)
         factor = 2**level
         shape = (values.shape[0] // factor, values.shape[1] // factor, values.shape[2])
-        block = np.full(shape, NODATA_INT8 if int8 else np.nan, values.dtype)  # stored only where computed
-        _store_means(sums, weights, block[r0 // factor : r1 // factor, c0 // factor : c1 // factor])
-        blocks.append((block, counts))
+        counts = _sum_2x2(counts)
+        nodata = np.full(shape, NODATA_INT8 if int8 else np.nan, values.dtype)  # stays where not computed
+        blocks.append((nodata, counts))
+    step = -(-OVERVIEW_STRIP_PX // coarsest) * coarsest
+    for row in range(r0, r1, step):
+        end = min(row + step, r1)
+        sums = _level_one_sums(values[row:end, c0:c1], valid[row:end, c0:c1])
+        weights = _sum_2x2(valid[row:end, c0:c1].astype(np.int32))
+        for level, (block, _) in enumerate(blocks, start=1):
+            if level > 1:
+                sums, weights = _sum_2x2(sums), _sum_2x2(weights)
+            factor = 2**level
+            _store_means(sums, weights, block[row // factor : end // factor, c0 // factor : c1 // factor])
     return blocks
 
 

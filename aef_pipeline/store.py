@@ -196,9 +196,15 @@ def write_tile(path: Path, tile: TileId, period: Period, field: xr.Dataset, reco
 
 def shard_digest(embedding: np.ndarray, observations: np.ndarray) -> str:
     """SHA-256 of a tile-period's stored values (embedding (y, x, band) then observations (y, x)),
-    kept in its record so `aef-pipeline verify` can tell a damaged shard from a good one."""
-    digest = hashlib.sha256(np.ascontiguousarray(embedding).tobytes())
-    digest.update(np.ascontiguousarray(observations.astype(np.int16)).tobytes())
+    kept in its record so `aef-pipeline verify` can tell a damaged shard from a good one.
+
+    Hashed CHUNK_PX rows at a time, straight from the arrays' memory: the bytes of a C-ordered
+    whole, without a copy of the shard (236 MB int8) or of more than a strip of one laid out
+    otherwise (a whole tile quantised from its band-major field)."""
+    digest = hashlib.sha256()
+    for array, dtype in ((embedding, embedding.dtype), (observations, np.int16)):
+        for row in range(0, len(array), CHUNK_PX):
+            digest.update(np.ascontiguousarray(array[row : row + CHUNK_PX], dtype=dtype).data)
     return digest.hexdigest()
 
 
@@ -228,8 +234,15 @@ def _merge_into_shard(
     values: np.ndarray,
     observations: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's stored shard (embedding and observations) with the window's observed pixels put in.
+    The shard is read CHUNK_PX rows at a time into one array: zarr decodes a whole-shard read into
+    a shard of its own and copies that out, two shards (472 MB int8) at once."""
     r0, r1, c0, c1 = window
-    shard = np.asarray(zarr.open_array(str(path / zone / "embedding"), mode="r")[index, rows, cols, :])
+    stored = zarr.open_array(str(path / zone / "embedding"), mode="r")
+    shard = np.empty((rows.stop - rows.start, cols.stop - cols.start, stored.shape[-1]), stored.dtype)
+    for row in range(0, len(shard), CHUNK_PX):
+        start = rows.start + row
+        shard[row : row + CHUNK_PX] = stored[index, start : min(start + CHUNK_PX, rows.stop), cols, :]
     counts = np.asarray(zarr.open_array(str(path / zone / "observations"), mode="r")[index, rows, cols])
     computed = observations > 0  # pixels this task saw; elsewhere keep what an earlier run wrote
     shard[r0:r1, c0:c1][computed] = values[computed]

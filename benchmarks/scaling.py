@@ -21,14 +21,19 @@ from aef_pipeline.run import RunRequest
 from benchmarks.report import Figure
 
 
-def cluster_run(request: RunRequest, bbox: BBox, workers: int) -> dict[str, Any]:
+def cluster_run(request: RunRequest, bbox: BBox, workers: int, stages: bool = False) -> dict[str, Any]:
+    """The run on a fresh cluster of `workers` processes; with `stages`, also each task's peak RSS
+    per stage in its worker (`stage_peaks`)."""
     request = dataclasses.replace(request, bbox=bbox, overwrite=True)
     with connect(None, workers) as client:
         client.run(warnings.simplefilter, "ignore")  # third-party deprecations in the workers' logs
+        if stages:
+            client.run(_watch_stages)
         start = time.perf_counter()
         report: RunReport = run_on_cluster(client, request, lambda c: dask_submitter(c, progress=False))
         seconds = time.perf_counter() - start
         peaks: dict[str, int] = client.run(_peak_rss_bytes)
+        stage_peaks: dict[str, list[str]] = client.run(_stage_log) if stages else {}
     done = [task for task in report.tasks if task.status == "done"]
     if len(done) != len(report.tasks):
         raise RuntimeError(f"benchmark run did not complete: {report.summary()}")
@@ -40,6 +45,8 @@ def cluster_run(request: RunRequest, bbox: BBox, workers: int) -> dict[str, Any]
         "seconds": seconds,
         "px_per_s": pixels / seconds,
         "peak_rss_gb": sorted(p / 1e9 for p in peaks.values()),
+        "stage_peaks": [line for lines in stage_peaks.values() for line in lines],
+        "task_seconds": [dict(task.seconds) for task in done],
     }
 
 
@@ -78,6 +85,41 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: best available
 
 
+_STAGES: list[str] = []
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _watch_stages() -> None:
+    """In a worker: wrap the stages of `run.process_task` so each records the RSS before it, its
+    peak (VmHWM, reset through /proc/self/clear_refs as it starts) and the RSS after it."""
+    import aef_pipeline.run as run_module
+
+    def watched(name: str, stage: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = _status_kb("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")
+            try:
+                return stage(*args, **kwargs)
+            finally:
+                peak, after = _status_kb("VmHWM"), _status_kb("VmRSS")
+                _STAGES.append(f"{name:12s} RSS {before / 1e6:.3f} -> peak {peak / 1e6:.3f} -> {after / 1e6:.3f} GB")
+
+        return wrapper
+
+    for name in ("search", "load_and_encode", "release_free_memory", "write"):
+        setattr(run_module, name, watched(name, getattr(run_module, name)))
+
+
+def _stage_log() -> list[str]:
+    return list(_STAGES)
+
+
 def main() -> None:
     """Figure 5 alone, repeated: `python -m benchmarks.scaling [--repeats 5] [--quadrants]`.
 
@@ -97,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quadrants", action="store_true", help="also each task of the 4-tile run alone")
+    parser.add_argument("--stages", action="store_true", help="also each task's peak RSS per stage")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     catalog, _ = bench_catalog()
@@ -114,10 +157,14 @@ def main() -> None:
             quadrant_bbox(SMALL_M, 1), (Period.year(YEAR),), Path(tmp) / "field.zarr", CatalogConfig(url), model="tiny"
         )
         for repeat in range(args.repeats):
-            one = cluster_run(request, quadrant_bbox(SMALL_M, 1), workers=1)
-            four = cluster_run(request, quadrant_bbox(SMALL_M, 4), workers=1)
+            one = cluster_run(request, quadrant_bbox(SMALL_M, 1), workers=1, stages=args.stages)
+            four = cluster_run(request, quadrant_bbox(SMALL_M, 4), workers=1, stages=args.stages)
             figure = memory_figure(one, four)
             print(f"repeat {repeat}: [5] {figure.value:.3f} ({figure.note})", flush=True)
+            if args.stages:
+                for name, result in (("1 tile", one), ("4 tiles", four)):
+                    print(f"  {name}, tasks' seconds {result['task_seconds']}", flush=True)
+                    print("\n".join(f"    {line}" for line in result["stage_peaks"]), flush=True)
             if args.quadrants:
                 alone = {
                     name: max(cluster_run(request, bbox, workers=1)["peak_rss_gb"]) for name, bbox in quadrants.items()

@@ -18,9 +18,17 @@ from shapely.geometry import Point
 from aef_pipeline.cli import main
 from aef_pipeline.errors import UserInputError
 from aef_pipeline.grid import TILE_PIXELS, TileId
-from aef_pipeline.overviews import MULTISCALES_CONVENTION, OVERVIEW_LEVELS, overview_blocks, overview_group
+from aef_pipeline.overviews import (
+    MULTISCALES_CONVENTION,
+    OVERVIEW_LEVELS,
+    _level_one_sums,
+    _sum_2x2,
+    _valid_box,
+    overview_blocks,
+    overview_group,
+)
 from aef_pipeline.plan import Period
-from aef_pipeline.quantisation import quantise
+from aef_pipeline.quantisation import NODATA_INT8, quantise
 from aef_pipeline.store import (
     create_store,
     finalize,
@@ -244,3 +252,56 @@ def test_the_levels_do_not_depend_on_how_level_0_lies_in_memory() -> None:
     read_back = overview_blocks(np.ascontiguousarray(as_written), counts, OVERVIEW_LEVELS)
     for (got, _), (want, _) in zip(written, read_back, strict=True):
         assert np.array_equal(got, want)
+
+
+def _whole_box_blocks(values: np.ndarray, observations: np.ndarray, levels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`overview_blocks` as it was before it went strip by strip (issue 20): the whole box's sums
+    at once, each level normalised 64 rows at a time. Stores written then must still verify."""
+    valid = values[..., 0] != NODATA_INT8 if values.dtype == np.int8 else np.isfinite(values[..., 0])
+    r0, r1, c0, c1 = _valid_box(valid, 2**levels)
+    sums = _level_one_sums(values[r0:r1, c0:c1], valid[r0:r1, c0:c1])
+    weights, counts = _sum_2x2(valid[r0:r1, c0:c1].astype(np.int32)), _sum_2x2(observations.astype(np.int32))
+    blocks = []
+    for level in range(1, levels + 1):
+        if level > 1:
+            sums, weights, counts = _sum_2x2(sums), _sum_2x2(weights), _sum_2x2(counts)
+        factor = 2**level
+        block = np.full((len(values) // factor, values.shape[1] // factor, 64), NODATA_INT8, values.dtype)
+        if values.dtype != np.int8:
+            block[...] = np.nan
+        out = block[r0 // factor : r1 // factor, c0 // factor : c1 // factor]
+        for row in range(0, len(sums), 64):
+            part = sums[row : row + 64]
+            norms = np.sqrt((part.astype(np.float64) ** 2).sum(axis=-1, keepdims=True))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                vectors = (part / norms).astype(np.float32)
+            vectors[~((weights[row : row + 64, :, None] > 0) & (norms > 0))[..., 0]] = np.nan
+            out[row : row + 64] = quantise(vectors) if out.dtype == np.int8 else vectors
+        blocks.append((block, counts))
+    return blocks
+
+
+@pytest.mark.parametrize("storage", ["int8", "float16"])
+def test_the_levels_do_not_depend_on_the_strips_they_are_computed_in(storage: str) -> None:
+    """The levels are computed OVERVIEW_STRIP_PX rows of level 0 at a time (a whole tile's sums
+    would be 236 MB); every pixel must get the bits the whole box at once gave, so that stores
+    written before still verify. Five strips of a block of tiles' worth of pixels (640 x 512 px),
+    all of it, windows of it and data in odd places."""
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((640, 512, 64), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    vectors[:100, :200] = np.nan  # a corner without data
+    vectors[300:301, 5:500:7] = np.nan  # scattered nodata pixels
+    full = quantise(vectors) if storage == "int8" else vectors.astype(storage)
+    nodata = np.full_like(full, NODATA_INT8 if storage == "int8" else np.nan)
+    counts = rng.integers(0, 50, (640, 512), dtype=np.int16)
+    windows = [(0, 640, 0, 512), (520, 640, 0, 120), (130, 390, 200, 480), (0, 0, 0, 0)]
+    for r0, r1, c0, c1 in windows:
+        values = nodata.copy()
+        values[r0:r1, c0:c1] = full[r0:r1, c0:c1]
+        for levels in (OVERVIEW_LEVELS, 3):
+            got, want = overview_blocks(values, counts, levels), _whole_box_blocks(values, counts, levels)
+            assert len(got) == len(want) == levels
+            for (block, summed), (want_block, want_summed) in zip(got, want, strict=True):
+                assert block.tobytes() == want_block.tobytes(), ((r0, r1, c0, c1), levels)
+                assert np.array_equal(summed, want_summed)
