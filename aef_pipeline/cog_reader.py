@@ -67,6 +67,15 @@ class _OpenFile:
             self.dataset.close()
 
 
+_GridKey = tuple[str, Any, tuple[int, int]]
+
+
+def _grid_key(geobox: GeoBox) -> _GridKey:
+    """A grid as a dict key: hashing a GeoBox hashes its pyproj CRS, which writes out its WKT
+    every time (a tenth of a task's load time, counted)."""
+    return (str(geobox.crs), geobox.affine, geobox.shape.yx)
+
+
 class OpenFiles:
     """The files a driver has opened, by URI, and its read plans; thread-safe.
 
@@ -80,7 +89,7 @@ class OpenFiles:
         self.token = token or uuid.uuid4().hex
         self._files: OrderedDict[str, _OpenFile] = OrderedDict()
         self._failed: set[str] = set()
-        self._plans: dict[tuple[GeoBox, GeoBox, float], ReprojectInfo] = {}
+        self._plans: dict[tuple[_GridKey, _GridKey, float], ReprojectInfo] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, tuple[str, int]]:
@@ -119,7 +128,7 @@ class OpenFiles:
 
     def read_plan(self, src: GeoBox, dst: GeoBox, ttol: float) -> ReprojectInfo:
         """odc-geo's plan of a read from grid `src` onto grid `dst`, made once per pair."""
-        key = (src, dst, ttol)
+        key = (_grid_key(src), _grid_key(dst), ttol)
         with self._lock:
             plan = self._plans.get(key)
         if plan is None:
