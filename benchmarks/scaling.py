@@ -8,7 +8,6 @@ the run's wall time (planning, template, tasks, consolidation, STAC; not the clu
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ from aef_pipeline.cluster import connect, dask_submitter, run_on_cluster
 from aef_pipeline.grid import BBox
 from aef_pipeline.report import RunReport
 from aef_pipeline.run import RunRequest
+from benchmarks import worker_memory
 from benchmarks.report import Figure
 
 
@@ -28,12 +28,12 @@ def cluster_run(request: RunRequest, bbox: BBox, workers: int, stages: bool = Fa
     with connect(None, workers) as client:
         client.run(warnings.simplefilter, "ignore")  # third-party deprecations in the workers' logs
         if stages:
-            client.run(_watch_stages)
+            client.run(worker_memory.watch_stages)
         start = time.perf_counter()
         report: RunReport = run_on_cluster(client, request, lambda c: dask_submitter(c, progress=False))
         seconds = time.perf_counter() - start
-        peaks: dict[str, int] = client.run(_peak_rss_bytes)
-        stage_peaks: dict[str, list[str]] = client.run(_stage_log) if stages else {}
+        peaks: dict[str, int] = client.run(worker_memory.peak_rss_bytes)
+        stage_peaks: dict[str, list[str]] = client.run(worker_memory.stage_log) if stages else {}
     done = [task for task in report.tasks if task.status == "done"]
     if len(done) != len(report.tasks):
         raise RuntimeError(f"benchmark run did not complete: {report.summary()}")
@@ -76,50 +76,6 @@ def scaling_figure(one_worker: dict[str, Any], two_workers: dict[str, Any], core
     )
 
 
-def _peak_rss_bytes() -> int:
-    """The process's own high-water mark (VmHWM). Not ru_maxrss: Linux keeps that across fork and
-    exec, so a worker would report its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: best available
-
-
-_STAGES: list[str] = []
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _watch_stages() -> None:
-    """In a worker: wrap the stages of `run.process_task` so each records the RSS before it, its
-    peak (VmHWM, reset through /proc/self/clear_refs as it starts) and the RSS after it."""
-    import aef_pipeline.run as run_module
-
-    def watched(name: str, stage: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            before = _status_kb("VmRSS")
-            Path("/proc/self/clear_refs").write_text("5")
-            try:
-                return stage(*args, **kwargs)
-            finally:
-                peak, after = _status_kb("VmHWM"), _status_kb("VmRSS")
-                _STAGES.append(f"{name:12s} RSS {before / 1e6:.3f} -> peak {peak / 1e6:.3f} -> {after / 1e6:.3f} GB")
-
-        return wrapper
-
-    for name in ("search", "load_and_encode", "release_free_memory", "write"):
-        setattr(run_module, name, watched(name, getattr(run_module, name)))
-
-
-def _stage_log() -> list[str]:
-    return list(_STAGES)
-
-
 def main() -> None:
     """Figure 5 alone, repeated: `python -m benchmarks.scaling [--repeats 5] [--quadrants]`.
 
@@ -128,7 +84,6 @@ def main() -> None:
     can be told apart from the largest of its tasks (the tasks differ in frames and data)."""
     import argparse
     import tempfile
-    from pathlib import Path
 
     from aef_pipeline.plan import Period
     from aef_pipeline.search import CatalogConfig

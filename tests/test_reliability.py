@@ -295,6 +295,9 @@ def test_a_worker_killed_mid_task_changes_nothing(
     killed: list[int] = []
     with connect(None, 2) as client:
         pids: dict[str, int] = client.run(os.getpid)
+        # The allocator settings a local cluster's workers start with (cluster.worker_environ).
+        malloc = client.run(lambda: (os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+        assert set(malloc.values()) == {(os.environ.get("MALLOC_ARENA_MAX", "2"), None)}
 
         def kill_the_busy_worker() -> None:
             deadline = time.monotonic() + 60
