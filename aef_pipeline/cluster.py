@@ -85,8 +85,8 @@ def worker_environ() -> dict[str, Any]:
     included: the encoder ran 2.5x slower in a worker than in a plain process (33.5 s vs 13.2 s
     for one task). glibc gives each thread that allocates (a task's read threads, torch's) an
     arena of its own, up to 8 per core, and memory freed in one is not reused by another: with
-    two arenas the worker kept 0.1 GB less after each task and a 4-tile run peaked within 4 % of
-    a 1-tile run instead of 10-22 % above it (docs/performance.md, figure 5).
+    two arenas a worker held 0.05-0.1 GB less between tasks and a 4-tile run peaked 2-5 % above
+    a 1-tile run instead of 10-22 %, with the same encode times (docs/performance.md, figure 5).
     """
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
