@@ -9,7 +9,8 @@ machine has no GPU, so one CPU core stands in for the device and the other for t
 
 - load alone: the tasks' cubes searched, read and preprocessed into memory one after another,
   one read thread (one core);
-- encode alone: those in-memory cubes encoded one after another, one torch thread (one core);
+- encode alone: those in-memory cubes encoded as the run's worker encodes: `slots` at a time, one
+  torch thread each, one forward pass at a time (until 2026-12-04: one after another, one thread);
 - end to end: the same tasks run by the pipeline on a LocalCluster of one worker process with
   `--slots` task slots (two: one task's forward passes run while the other searches, reads and
   writes; the encoder takes turns by TaskContext.encoder_turn), one torch thread and one read
@@ -30,8 +31,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dask
@@ -60,7 +63,7 @@ def overlap_figure(request: RunRequest, slots: int = 2, read_ahead: int = 1, rea
     loaded = load_model(request.model)
     tasks = plan_tasks(request.bbox, request.periods, loaded.spec.core)
     cubes, load_s = _load_alone(tasks, request, read_threads)
-    encode_s = _encode_alone(tasks, cubes, request)
+    encode_s = _encode_alone(tasks, cubes, request, slots)
     del cubes
     end_to_end_s = _end_to_end(request, slots, read_ahead, read_threads)
     sequential_s = _end_to_end(request, 1, 0, read_threads)  # the pipeline before overlapping
@@ -106,18 +109,28 @@ def _load_alone(tasks: list[TileTask], request: RunRequest, threads: int) -> tup
     return cubes, time.perf_counter() - start
 
 
-def _encode_alone(tasks: list[TileTask], cubes: list[xr.Dataset], request: RunRequest) -> float:
+def _encode_alone(tasks: list[TileTask], cubes: list[xr.Dataset], request: RunRequest, slots: int) -> float:
+    """The cubes encoded as the run's worker encodes them: `slots` tasks at a time, one torch
+    thread each, taking turns on the model one forward pass at a time (run.TaskContext), so one
+    task prepares its windows while the other's pass runs, as in the end-to-end run."""
     loaded = load_model(request.model)
     options = EncodeOptions(device=request.device, batch_size=request.batch_size)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        for task, cube in zip(tasks, cubes, strict=True):
-            encode_cube(cube, task.period, loaded.encoder, loaded.spec, options, provenance=loaded.provenance)
-        return time.perf_counter() - start
-    finally:
-        torch.set_num_threads(before)
+    turn = threading.Lock()
+
+    def encode(task: TileTask, cube: xr.Dataset) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # per thread, as the run applies it in each task's thread
+        try:
+            encode_cube(
+                cube, task.period, loaded.encoder, loaded.spec, options, provenance=loaded.provenance, turn=turn
+            )
+        finally:
+            torch.set_num_threads(before)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(slots) as pool:
+        list(pool.map(encode, tasks, cubes))
+    return time.perf_counter() - start
 
 
 def _end_to_end(request: RunRequest, slots: int, read_ahead: int, read_threads: int) -> float:
