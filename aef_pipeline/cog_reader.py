@@ -137,12 +137,6 @@ class OpenFiles:
                 self._plans[key] = plan
         return plan
 
-    def close(self) -> None:
-        with self._lock:
-            files, self._files = list(self._files.values()), OrderedDict()
-        for file in files:
-            file.close()
-
 
 # The OpenFiles alive in this process, by token: filled as graphs' readers arrive, emptied as the
 # last reader or driver of a load is dropped (the handles then close with their datasets).

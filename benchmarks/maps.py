@@ -54,6 +54,7 @@ from shapely.geometry import Point
 from aef_pipeline.grid import TILE_PIXELS, TileId
 from aef_pipeline.plan import Period
 from aef_pipeline.store import StoreLayout, create_store, finalize, write_tile
+from benchmarks.memory_probes import reset_peak, status_kb
 
 TILES = (TileId(33, "N", 26, 266), TileId(33, "N", 27, 266), TileId(33, "N", 26, 267), TileId(33, "N", 27, 267))
 FIELDS = {"1 tile": 1, "4 tiles": 4}  # name -> the first n of TILES
@@ -199,8 +200,8 @@ def _measure(kind: str, field: Path, tiles: Sequence[TileId], traced: bool) -> d
             points = _random_points(tiles, LABELS_PER_TILE * len(tiles), seed=2)
             labels = Path(tmp) / "labels.geojson"
             points.to_file(labels)
-        before = _status_kb("VmRSS")
-        _reset_peak()
+        before = status_kb("VmRSS")
+        reset_peak()
         if traced:
             tracemalloc.start()
         start = time.perf_counter()
@@ -217,7 +218,7 @@ def _measure(kind: str, field: Path, tiles: Sequence[TileId], traced: bool) -> d
             read = len(points)
         seconds = time.perf_counter() - start
         traced_peak = tracemalloc.get_traced_memory()[1] if traced else 0
-        peak = _status_kb("VmHWM")
+        peak = status_kb("VmHWM")
     return {
         "points": read,
         "seconds": seconds,
@@ -239,19 +240,6 @@ def _random_points(tiles: Sequence[TileId], n: int, seed: int) -> gpd.GeoDataFra
     lon, lat = Transformer.from_crs(tiles[0].epsg, 4326, always_xy=True).transform(x, y)
     geometry = [Point(a, b) for a, b in zip(lon, lat, strict=True)]
     return gpd.GeoDataFrame({"cover": _stripe_class(cols.astype(np.int64))}, geometry=geometry, crs="EPSG:4326")
-
-
-def _status_kb(key: str) -> int:
-    """A figure of /proc/self/status, in kB (VmRSS: resident now; VmHWM: its high-water mark)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}: this benchmark needs Linux")
-
-
-def _reset_peak() -> None:
-    """Reset VmHWM to the current RSS, so the peak read after the call is the call's own."""
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from aef_pipeline.cluster import connect, dask_submitter, run_on_cluster
 from aef_pipeline.grid import BBox
 from aef_pipeline.report import RunReport
 from aef_pipeline.run import RunRequest
-from benchmarks import worker_memory
+from benchmarks import memory_probes
 from benchmarks.report import Figure
 
 
@@ -28,12 +28,12 @@ def cluster_run(request: RunRequest, bbox: BBox, workers: int, stages: bool = Fa
     with connect(None, workers) as client:
         client.run(warnings.simplefilter, "ignore")  # third-party deprecations in the workers' logs
         if stages:
-            client.run(worker_memory.watch_stages)
+            client.run(memory_probes.watch_stages)
         start = time.perf_counter()
         report: RunReport = run_on_cluster(client, request, lambda c: dask_submitter(c, progress=False))
         seconds = time.perf_counter() - start
-        peaks: dict[str, int] = client.run(worker_memory.peak_rss_bytes)
-        stage_peaks: dict[str, list[str]] = client.run(worker_memory.stage_log) if stages else {}
+        peaks: dict[str, int] = client.run(memory_probes.peak_rss_bytes)
+        stage_peaks: dict[str, list[str]] = client.run(memory_probes.stage_log) if stages else {}
     done = [task for task in report.tasks if task.status == "done"]
     if len(done) != len(report.tasks):
         raise RuntimeError(f"benchmark run did not complete: {report.summary()}")
