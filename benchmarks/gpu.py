@@ -76,6 +76,7 @@ YEAR_FRAMES = 73
 YEAR = 2022
 WARMUP_CALLS = 3  # reduce-overhead records its graphs on the 2nd-3rd call; eager warms its kernels
 MIN_TIMED_CALLS = 3
+PROFILE_ROWS = 14  # ops printed from the profile of one eager pass
 COMPILE_GUESS_S = 90.0  # budgeted for a compiled case's build before one has been measured
 MATMUL_SIDE = 8192
 
@@ -485,14 +486,22 @@ def _sdpa_flags() -> dict[str, bool]:
 
 
 def _sdpa_ops(sweep: Sweep, case: Case) -> list[str]:
-    """The aten SDPA implementations one forward pass dispatches to (their names say the backend)."""
+    """The aten SDPA implementations one forward pass dispatches to (their names say the backend);
+    prints where that pass spends its device time (the top ops by self time)."""
     inputs = synthetic_inputs(sweep.spec, case.batch, case.frames, sweep.device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if sweep.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.inference_mode(), autocast_for(sweep.device):
         sweep.model(*inputs)  # warm: the profile then holds one plain pass
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        with torch.profiler.profile(activities=activities) as profile:
             sweep.model(*inputs)
             _sync(sweep.device)
-    names = {event.key for event in profile.key_averages()}
+    averages = profile.key_averages()
+    by = "self_device_time_total" if sweep.device.type == "cuda" else "self_cpu_time_total"
+    print(f"one eager pass (batch {case.batch}, {case.frames} frames), top ops by {by}:")
+    print(averages.table(sort_by=by, row_limit=PROFILE_ROWS, max_name_column_width=60))
+    names = {event.key for event in averages}
     return sorted(n for n in names if "scaled_dot_product" in n and n != "aten::scaled_dot_product_attention")
 
 

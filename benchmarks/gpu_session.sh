@@ -5,38 +5,45 @@
 #   bash benchmarks/gpu_session.sh                          # on the GPU machine: about 9 minutes at most
 #   bash benchmarks/gpu_session.sh --fetch-wheels [core|full]   # first, here: the packages it lacks
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh --dry-run   # the same steps, tiny, on a CPU
+#   GPU_STAGES=gpu bash benchmarks/gpu_session.sh            # some stages only (gpu, training, overlap)
+#   GPU_BATCHES=8,32 GPU_FRAMES=100 GPU_VARIANTS=eager,graph GPU_CASE_S=3 ...   # a shorter gpu.py sweep
 #
 # Stages, each under `timeout`, inside GPU_SESSION_S seconds (540 by default) all together:
-#   1. the machine: nvidia-smi, CPU cores, memory, python, torch and its CUDA;
-#   2. benchmarks/gpu.py: `paper` px/s and MFU in bf16 over batch sizes x frame counts x
+#   1. the machine: nvidia-smi, CPU cores, memory, python, torch and its CUDA (always);
+#   2. gpu: benchmarks/gpu.py: `paper` px/s and MFU in bf16 over batch sizes x frame counts x
 #      {eager, graph, compile, cudagraphs}, SDPA backends probed, the global-layer projection (~5.5 min);
-#   3. benchmarks/training_throughput.py: `paper` training steps at batch 2, 4, 8, 64 frames;
-#   4. benchmarks/overlap.py with the node's cores loading (the encoder's share of the wall), if
-#      its packages import and enough time is left.
+#   3. overlap: benchmarks/overlap.py with the node's cores loading (the encoder's share of the
+#      wall), if its packages import and enough time is left;
+#   4. training: benchmarks/training_throughput.py: `paper` training steps at batch 2, 4, 8, 64 frames.
 # Everything printed goes to $OUT/session.log when $OUT is set (a folder collected after the run),
 # else to build/gpu-session/; gpu.py's rows go to gpu.json beside it, rewritten after every case.
 #
 # The GPU machine has python3 with torch (CUDA), numpy, xarray, pandas and safetensors, no network
 # and not the geo packages aef_pipeline imports. `--fetch-wheels` downloads those, at the versions
 # of the local environment, for CPython 3.12 into build/gpu-wheels (ignored by git); copied to the
-# GPU machine with the working tree, this script installs it into /tmp/aef-site there:
-#   core (~12 MB): odc-geo, affine, cachetools, pyproj, shapely: enough for stage 2;
-#   full (~58 MB): + rasterio, dask, distributed, zarr, pystac, odc-stac...: stage 3 too.
-# Stage 4 also needs rustac (33 MB more), beyond a 64 MiB transfer limit: without it the
-# stage says so and is skipped.
+# GPU machine with the working tree, this script installs every wheel under that folder into
+# /tmp/aef-site there (a folder installed by an earlier call on the same machine is not redone):
+#   core (~12 MB, in first/): odc-geo, affine, cachetools, pyproj, shapely: enough for stage 2;
+#   full (~93 MB): + dask, distributed, zarr, pystac, odc-stac, rustac (first/, 57 MB) and
+#      rasterio (second/, 36 MB): stages 3 and 4 too.
+# Where at most 64 MiB can be copied to the GPU machine at once, copy first/ with a call that runs
+# `GPU_STAGES=gpu`, then second/ with `GPU_STAGES=training,overlap` on the same (still running)
+# machine.
 set -uo pipefail
 
 PY="${PYTHON:-python3}"
 WHEELS="${GPU_WHEELS:-build/gpu-wheels}"
 TOTAL_S="${GPU_SESSION_S:-540}"
+STAGES=",${GPU_STAGES:-gpu,training,overlap},"
 CORE_WHEELS="odc-geo affine cachetools pyproj shapely"
-FULL_WHEELS="$CORE_WHEELS dask distributed donfig google-crc32c importlib_metadata lazy-importer locket
+SECOND_WHEELS="rasterio" # 36 MB alone: a second copy where one copy holds 64 MiB
+FULL_WHEELS="$CORE_WHEELS rustac dask distributed donfig google-crc32c importlib_metadata lazy-importer locket
   numcodecs odc-loader odc-stac pystac pystac-client pystac-core pystac-ext-classification
   pystac-ext-datacube pystac-ext-eo pystac-ext-file pystac-ext-grid pystac-ext-item-assets
   pystac-ext-label pystac-ext-mgrs pystac-ext-mlm pystac-ext-pointcloud pystac-ext-projection
   pystac-ext-raster pystac-ext-render pystac-ext-sar pystac-ext-sat pystac-ext-scientific
   pystac-ext-storage pystac-ext-table pystac-ext-timestamps pystac-ext-version pystac-ext-view
-  pystac-ext-xarray-assets rasterio rioxarray tblib tornado zarr zict"
+  pystac-ext-xarray-assets rioxarray tblib tornado zarr zict"
 
 fetch_wheels() {
   # Pinned to what the local environment runs (and CI tests), built for the GPU machine's Python.
@@ -46,18 +53,36 @@ fetch_wheels() {
     full) names="$FULL_WHEELS" ;;
     *) echo "--fetch-wheels takes core or full, not '$tier'" >&2; return 2 ;;
   esac
-  pins=$("$PY" -c 'import sys
+  # shellcheck disable=SC2086  # one argument per name
+  pins=$(pins $names) || return 2
+  mkdir -p "$WHEELS/first"
+  download "$WHEELS/first" $pins || return 1
+  if [[ "$tier" == full ]]; then
+    pins=$(pins $SECOND_WHEELS) || return 2
+    mkdir -p "$WHEELS/second"
+    download "$WHEELS/second" $pins || return 1
+  fi
+  for dir in "$WHEELS"/*/; do echo "$(ls "$dir"*.whl | wc -l) wheels, $(du -sh "$dir" | cut -f1) in $dir"; done
+  echo "copy them to the GPU machine's checkout with the working tree, then run: bash benchmarks/gpu_session.sh"
+}
+
+pins() {
+  "$PY" -c 'import sys
 from importlib.metadata import version
-print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' $names) || {
-    echo "could not read the local versions of: $names (run with PYTHON=.venv/bin/python)" >&2; return 2; }
-  mkdir -p "$WHEELS"
-  # shellcheck disable=SC2086  # one argument per pin
+print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))' "$@" || {
+    echo "could not read the local versions of: $* (run with PYTHON=.venv/bin/python)" >&2
+    return 2
+  }
+}
+
+download() {
+  local dir="$1"
+  shift
+  # shellcheck disable=SC2068  # one argument per pin
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
-    -d "$WHEELS" $pins || return 1
-  echo "$(ls "$WHEELS"/*.whl | wc -l) wheels, $(du -sh "$WHEELS" | cut -f1) in $WHEELS: copy it to the GPU machine's"
-  echo "checkout with the working tree, then run: bash benchmarks/gpu_session.sh"
+    -d "$dir" $@
 }
 
 left() { echo $((TOTAL_S - SECONDS)); }
@@ -105,23 +130,37 @@ EOF
 }
 
 install_wheels() {
-  # Into a folder of our own, ahead of the machine's packages only for what we bring.
-  if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    echo "== no wheels in $WHEELS (bash benchmarks/gpu_session.sh --fetch-wheels, then copy it there)"
-    return 0
-  fi
-  echo "== installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels into /tmp/aef-site"
-  timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/aef-site "$WHEELS"/*.whl || echo "== wheel install failed: the stages that need them will say so"
-  export PYTHONPATH="/tmp/aef-site${PYTHONPATH:+:$PYTHONPATH}" PATH="/tmp/aef-site/bin:$PATH"
+  # Into folders of our own, ahead of the machine's packages only for what we bring: each folder
+  # of wheels into its own target (pip --target replaces a target's bin/ whole), and one that an
+  # earlier call installed on this machine is not redone (the split copy of --fetch-wheels full).
+  local dir target
+  for dir in "$WHEELS" "$WHEELS"/*/; do
+    dir="${dir%/}"
+    ls "$dir"/*.whl >/dev/null 2>&1 || continue
+    target="/tmp/aef-site/$(basename "$dir")"
+    export PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}" PATH="$target/bin:$PATH"
+    if [[ -e "$target/.installed" ]]; then
+      echo "== wheels of $dir: installed by an earlier call in $target"
+      continue
+    fi
+    echo "== installing $(ls "$dir"/*.whl | wc -l) carried wheels of $dir into $target"
+    if timeout 150 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$target" "$dir"/*.whl; then
+      touch "$target/.installed"
+    else
+      echo "== wheel install of $dir failed: the stages that need them will say so"
+    fi
+  done
 }
+
+wanted() { [[ "$STAGES" == *",$1,"* ]]; }
 
 main() {
   local dry="$1" logdir="$2" device spec
   export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  echo "== bash benchmarks/gpu_session.sh $dry (GPU_SESSION_S=$TOTAL_S), log in $logdir"
+  echo "== bash benchmarks/gpu_session.sh $dry (GPU_SESSION_S=$TOTAL_S, GPU_STAGES=${STAGES:1:-1}), log in $logdir"
   machine
-  install_wheels
+  [[ "$dry" == --dry-run ]] || install_wheels
   device=cuda spec=paper
   if [[ "$dry" == --dry-run ]]; then
     device=cpu spec=tiny
@@ -135,22 +174,25 @@ main() {
     echo "== FAILED: aef_pipeline does not import; bring $WHEELS along (bash benchmarks/gpu_session.sh --fetch-wheels)"
     return 2
   fi
-  gpu_stage "$device" "$spec" "$logdir"
-  training_stage "$device" "$spec"
-  overlap_stage "$device" "$spec"
+  wanted gpu && gpu_stage "$device" "$spec" "$logdir"
+  wanted overlap && overlap_stage "$device" "$spec"
+  wanted training && training_stage "$device" "$spec"
   echo "== done in $SECONDS s; files in $logdir"
 }
 
 gpu_stage() {
   local device="$1" spec="$2" logdir="$3" budget
-  budget=$(($(left) - 190)) # kept for training (~110 s) and the overrun of the last case
+  budget=$(($(left) - 60)) # the overrun of the last case
+  wanted training && budget=$((budget - 130)) # kept for training (~110 s)
+  wanted overlap && budget=$((budget - 240))  # and the overlap figure
   ((budget > 330)) && budget=330
   if [[ "$device" == cpu ]]; then
     stage "gpu.py" 300 "$PY" -m benchmarks.gpu --spec "$spec" --device cpu --batch-sizes 2,4 --frames 4,8 \
       --variants eager --seconds-per-case 1 --budget-s 90 --json "$logdir/gpu.json"
   else
     stage "gpu.py" $((budget + 60)) "$PY" -m benchmarks.gpu --spec "$spec" --device cuda \
-      --batch-sizes 4,8,16,32 --frames 100,40,16 --variants eager,graph,compile,cudagraphs --seconds-per-case 6 \
+      --batch-sizes "${GPU_BATCHES:-4,8,16,32}" --frames "${GPU_FRAMES:-100,40,16}" \
+      --variants "${GPU_VARIANTS:-eager,graph,compile,cudagraphs}" --seconds-per-case "${GPU_CASE_S:-6}" \
       --budget-s "$budget" --json "$logdir/gpu.json"
   fi
 }

@@ -242,7 +242,8 @@ class TransformerBlock(nn.Module):
         """(heads, h*w, h*w): what each query adds to its score for each key, or None without a grid."""
         if self.position_bias is None or self.position_index is None:
             return None
-        return self.position_bias[self.position_index].permute(2, 0, 1).to(dtype)
+        # Contiguous: SDPA's fused CUDA kernels need a mask whose last dimension has stride 1.
+        return self.position_bias[self.position_index].permute(2, 0, 1).to(dtype).contiguous()
 
     def initial_constants(self) -> dict[str, float]:
         # Zero: an untrained model attends as if the bias were not there.

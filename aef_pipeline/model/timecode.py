@@ -21,17 +21,22 @@ EPOCH_MS = int(EPOCH.timestamp() * 1000)
 MS_PER_DAY = 86_400_000
 
 
-def periods_days(spec: TimecodeSpec) -> torch.Tensor:
+def periods_days(spec: TimecodeSpec, device: torch.device | None = None) -> torch.Tensor:
     """The sinusoids' periods in days, spaced geometrically from shortest to longest (float64)."""
     return torch.logspace(
-        math.log10(spec.shortest_days), math.log10(spec.longest_days), spec.frequencies, dtype=torch.float64
+        math.log10(spec.shortest_days),
+        math.log10(spec.longest_days),
+        spec.frequencies,
+        dtype=torch.float64,
+        device=device,
     )
 
 
 def timecode(t_ms: torch.Tensor, spec: TimecodeSpec) -> torch.Tensor:
     """(..., ) int64 milliseconds -> (..., 2 * frequencies) float32 [sin..., cos...]."""
     days = (t_ms.to(torch.float64) - EPOCH_MS) / MS_PER_DAY
-    phase = 2 * math.pi * days.unsqueeze(-1) / periods_days(spec).to(days.device)
+    # Made on the timestamps' device: a host tensor copied in would break CUDA graph capture.
+    phase = 2 * math.pi * days.unsqueeze(-1) / periods_days(spec, days.device)
     return torch.cat([torch.sin(phase), torch.cos(phase)], dim=-1).to(torch.float32)
 
 
