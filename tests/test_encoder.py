@@ -37,7 +37,13 @@ from aef_pipeline.model import (
 )
 from aef_pipeline.model.flops import flops_per_window
 from aef_pipeline.model.spec import WeightsSpec
-from aef_pipeline.model.stp import EXCHANGE_GAIN, Rescale, TransformerBlock, relative_position_index
+from aef_pipeline.model.stp import (
+    EXCHANGE_GAIN,
+    Rescale,
+    TransformerBlock,
+    depthwise_upsample,
+    relative_position_index,
+)
 from aef_pipeline.model.timecode import timecode, to_ms
 from aef_pipeline.plan import Period
 from aef_pipeline.preprocess import MaskPolicy, mask_policy
@@ -240,6 +246,27 @@ def test_parameters_that_start_at_a_constant(model: STPEncoder) -> None:
     gains = [value for name, value in state.items() if name.endswith(".gain")]
     assert len(gains) == 6 * SPEC.depth
     assert all(torch.equal(gain, torch.full_like(gain, EXCHANGE_GAIN)) for gain in gains)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+@pytest.mark.parametrize("with_gain", [False, True])
+def test_the_upsampling_is_the_transposed_convolution_it_replaces(factor: int, with_gain: bool) -> None:
+    # float64: both sides compute each output as one product plus the bias, so they agree to
+    # rounding; the gradients too (training runs through it).
+    generator = torch.Generator().manual_seed(factor)
+    conv = torch.nn.ConvTranspose2d(6, 6, factor, stride=factor, groups=6).double()
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    gain = torch.randn(6, dtype=torch.float64, generator=generator, requires_grad=True) if with_gain else None
+    expected = conv(x) * (1.0 if gain is None else gain[:, None, None])
+    got = depthwise_upsample(x, conv.weight, conv.bias, gain)
+    assert got.shape == expected.shape == (3, 6, 5 * factor, 7 * factor)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
+    leaves = [x, conv.weight, conv.bias] + ([gain] if gain is not None else [])
+    for want, have in zip(
+        torch.autograd.grad(expected, leaves, upstream), torch.autograd.grad(got, leaves, upstream), strict=True
+    ):
+        torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)
 
 
 def test_the_position_bias_depends_on_relative_offsets_only() -> None:
