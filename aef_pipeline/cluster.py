@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import dask
 import torch
 from distributed import Client, Future, LocalCluster, WorkerPlugin, as_completed, get_worker
+from distributed.system import MEMORY_LIMIT
 from tqdm import tqdm
 
 from aef_pipeline.environment import available_cores, release_free_memory
@@ -91,7 +92,18 @@ def worker_environ() -> dict[str, Any]:
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     environ.setdefault("MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX", 2))
+    # A worker that dies in native code (GDAL, CUDA) then leaves its threads' Python stacks in the
+    # log instead of only the nanny's "Restarting worker" (seen on a GPU node, 2026-12-04).
+    environ.setdefault("PYTHONFAULTHANDLER", os.environ.get("PYTHONFAULTHANDLER", "1"))
     return environ
+
+
+def worker_memory_limit(workers: int) -> int:
+    """Bytes each of a local cluster's `workers` may hold: the machine's (or cgroup's) memory over
+    the workers. dask's "auto" gives a worker the share of its threads among the cores, but our
+    tasks are few per worker and each uses many cores (read and torch threads): on a 16-core GPU
+    node a worker of two task slots would get 2/16 of the memory and be restarted by its nanny."""
+    return MEMORY_LIMIT // max(1, workers)
 
 
 @contextmanager
@@ -124,7 +136,12 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots:
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}),
         LocalCluster(
-            n_workers=workers, threads_per_worker=slots, processes=True, dashboard_address=":0", resources=resources
+            n_workers=workers,
+            threads_per_worker=slots,
+            processes=True,
+            dashboard_address=":0",
+            resources=resources,
+            memory_limit=worker_memory_limit(workers),
         ) as cluster,
         Client(cluster) as client,
     ):

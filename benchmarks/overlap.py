@@ -62,10 +62,14 @@ def overlap_figure(request: RunRequest, slots: int = 2, read_ahead: int = 1, rea
     """The figure for the request's tasks (its model, bbox, periods and device)."""
     loaded = load_model(request.model)
     tasks = plan_tasks(request.bbox, request.periods, loaded.spec.core)
+    # Each stage's time is printed as it ends: a run stopped later (a time cap) still tells them.
     cubes, load_s = _load_alone(tasks, request, read_threads)
+    print(f"load alone: {load_s:.1f} s", flush=True)
     encode_s = _encode_alone(tasks, cubes, request, slots)
+    print(f"encode alone: {encode_s:.1f} s (encode/load {encode_s / load_s:.2f})", flush=True)
     del cubes
     end_to_end_s = _end_to_end(request, slots, read_ahead, read_threads)
+    print(f"end to end: {end_to_end_s:.1f} s", flush=True)
     sequential_s = _end_to_end(request, 1, 0, read_threads)  # the pipeline before overlapping
     slower = max(load_s, encode_s)
     return Figure(

@@ -289,6 +289,8 @@ def test_a_worker_killed_mid_task_changes_nothing(
     import threading
     import time
 
+    from distributed.system import MEMORY_LIMIT
+
     from aef_pipeline.cluster import connect, dask_submitter
 
     request = RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", static_catalog, device="cpu")
@@ -298,6 +300,12 @@ def test_a_worker_killed_mid_task_changes_nothing(
         # The allocator settings a local cluster's workers start with (cluster.worker_environ).
         malloc = client.run(lambda: (os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
         assert set(malloc.values()) == {(os.environ.get("MALLOC_ARENA_MAX", "2"), None)}
+        assert set(client.run(lambda: os.environ.get("PYTHONFAULTHANDLER")).values()) == {
+            os.environ.get("PYTHONFAULTHANDLER", "1")
+        }
+        # Each of the 2 workers may hold half the memory, whatever its thread count.
+        limits = {w["memory_limit"] for w in client.scheduler_info()["workers"].values()}
+        assert limits == {MEMORY_LIMIT // 2}
 
         def kill_the_busy_worker() -> None:
             deadline = time.monotonic() + 60
