@@ -13,9 +13,9 @@ import re
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import odc.stac
@@ -27,7 +27,8 @@ from odc.geo.xr import xr_coords
 
 from aef_pipeline.cog_reader import OpenFileDriver
 from aef_pipeline.errors import AefWarning
-from aef_pipeline.providers import SCL
+from aef_pipeline.preprocess import MaskPolicy, preprocess, products_of_kept_frames
+from aef_pipeline.providers import SCL, SceneInfo
 from aef_pipeline.search import SceneSelection
 from aef_pipeline.sentinel2 import BAND_BY_NAME
 
@@ -40,6 +41,7 @@ DEFAULT_CHUNK_ROWS = 512
 DEFAULT_CHUNK_FRAMES = 8
 # Nodata and dtype for every provider: Planetary Computer declares neither (no raster:bands), and
 # odc-stac would then load float32 without nodata.
+T = TypeVar("T")
 _STAC_CFG = {"*": {"assets": {"*": {"data_type": "uint16", "nodata": 0}, SCL: {"data_type": "uint8", "nodata": 0}}}}
 
 
@@ -97,6 +99,7 @@ def load_selection(
     sign_url: Callable[[str], str] | None = None,
     reader: Any = None,
     chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    scene_classes: SceneClasses | None = None,
 ) -> xr.Dataset:
     """A Dataset with one variable per band name (plus SCL), dims (time, y, x) on exactly `geobox`.
 
@@ -119,29 +122,18 @@ def load_selection(
     rim of 20 m context, so a block needs no neighbour's chunks. Both give GDAL's values exactly
     (tests/test_cube.py) without its warp, which was the loader's main cost (docs/performance.md).
     A geobox off the 20 m lattice is warped by odc-stac.
+
+    `scene_classes`: the selection's SCL, already read (`read_scene_classes`), is used instead of
+    reading it again.
     """
-    items = [
-        canonical_item(item, dict(info.asset_keys))
-        for item, info in zip(selection.items, selection.scenes, strict=True)
-    ]
     names = [*bands, SCL]
     rows = chunk_rows or geobox.shape[0]
     on_lattice = _on_lattice(geobox, 2) and rows % 2 == 0
-    coarse = [name for name in names if on_lattice and _native_resolution(name) == 20]
-    fine = [name for name in names if name not in coarse]
-    load = partial(
-        odc.stac.load,
-        items,
-        groupby="id",
-        preserve_original_order=True,
-        resampling={"*": "bilinear", SCL: "nearest"},
-        fail_on_error=False,
-        stac_cfg=_STAC_CFG,
-        patch_url=sign_url or default_url_signer(),
-        driver=reader or OpenFileDriver(),  # one for all of this task's loads: they share files
-        fuse_func=_fuser(items),
-    )
-    parts = []
+    read = names if scene_classes is None else list(bands)
+    coarse = [name for name in read if on_lattice and _native_resolution(name) == 20]
+    fine = [name for name in read if name not in coarse]
+    load = _odc_load(selection, sign_url, reader)
+    parts = [] if scene_classes is None else [scene_classes.on_grid(chunk_rows, chunk_frames).to_dataset(name=SCL)]
     with rasterio.Env(**gdal.env()):
         if fine:
             parts.append(load(bands=fine, geobox=geobox, chunks=_row_chunks(chunk_rows, chunk_frames)))
@@ -157,6 +149,113 @@ def load_selection(
             parts.append(_upsampled(load, coarse_reflectance, geobox, rows, lazy_frames))
     merged = xr.merge(parts, compat="override", join="override", combine_attrs="override")
     return merged[names]
+
+
+@dataclass(frozen=True)
+class SceneClasses:
+    """Every product's SCL over a 10 m geobox, read once and held in memory, at its native 20 m
+    where the geobox lies on that lattice (a quarter of the bytes: about 140 MB for 150 frames of
+    a whole tile with its halo), else warped onto the geobox."""
+
+    data: xr.DataArray
+    """(time, y, x) uint8, on `geobox` (factor 1) or on its 20 m lattice grid (factor 2)."""
+    geobox: GeoBox
+    factor: int
+
+    def isel(self, frames: np.ndarray) -> SceneClasses:
+        """Only the products where `frames` (bool, per product) is true."""
+        return SceneClasses(self.data.isel(time=np.flatnonzero(frames)), self.geobox, self.factor)
+
+    def on_grid(self, chunk_rows: int | None = None, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> xr.DataArray:
+        """On the 10 m geobox: lazily doubled in `load_selection`'s chunks (row blocks of
+        `chunk_rows`), or at once (None)."""
+        coarse = self.data.to_dataset(name=SCL)
+        if chunk_rows is not None:
+            coarse = coarse.chunk({"time": chunk_frames, "y": max(1, chunk_rows // self.factor), "x": -1})
+        if self.factor == 1:
+            return coarse[SCL]
+        return _doubled(coarse, self.geobox)[SCL]
+
+
+def read_scene_classes(
+    selection: SceneSelection,
+    geobox: GeoBox,
+    gdal: GdalOptions = GdalOptions(),
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    sign_url: Callable[[str], str] | None = None,
+    reader: Any = None,
+) -> SceneClasses:
+    """Read every product's SCL over `geobox` now, on the current dask scheduler, so that the
+    frames to keep are known before any band is read (`load_kept_frames`)."""
+    rows = chunk_rows or geobox.shape[0]
+    factor = 2 if _on_lattice(geobox, 2) and rows % 2 == 0 else 1
+    grid = geobox.zoom_out(2) if factor == 2 else geobox
+    load = _odc_load(selection, sign_url, reader)
+    chunks = _row_chunks(None if chunk_rows is None else max(1, rows // factor))
+    with rasterio.Env(**gdal.env()):
+        data = load(bands=[SCL], geobox=grid, chunks=chunks)[SCL].compute()
+    return SceneClasses(data, geobox, factor)
+
+
+def load_kept_frames(
+    selection: SceneSelection,
+    geobox: GeoBox,
+    core: GeoBox,
+    bands: Sequence[str],
+    policy: MaskPolicy,
+    gdal: GdalOptions = GdalOptions(),
+    chunk_rows: int | None = DEFAULT_CHUNK_ROWS,
+    reader: Any = None,
+) -> xr.Dataset:
+    """The encoder's cube (`preprocess`) of the tile `core` read over `geobox`, whose bands are read
+    only for the products of the frames it keeps: SCL first, for every product, to find the
+    frames with a clear pixel in the core, then the bands of those products (their SCL is not
+    read again). Lazy chunks hold several frames, so loading every product and dropping frames
+    afterwards read the dropped ones with their chunk-mates (docs/performance.md, figure 3)."""
+    classes = read_scene_classes(selection, geobox, gdal, chunk_rows, reader=reader)
+    kept = products_of_kept_frames(classes.on_grid(chunk_rows), selection.scenes, core, policy)
+    if not kept.all() and kept.any():  # with none kept, nothing is read below but the SCL
+        dropped = _frames(selection.scenes) - _frames(_where(selection.scenes, kept))
+        selection = replace(selection, items=_where(selection.items, kept), scenes=_where(selection.scenes, kept))
+        classes = classes.isel(kept)
+    else:
+        dropped = 0
+    loaded = load_selection(selection, geobox, bands, gdal, chunk_rows, reader=reader, scene_classes=classes)
+    cube = preprocess(loaded, selection.scenes, bands, core=core, policy=policy)
+    cube.attrs["dropped_frames"] += dropped
+    return cube
+
+
+def _frames(scenes: Sequence[SceneInfo]) -> int:
+    """Frames the products make: one per acquisition (preprocess fuses an overpass's products)."""
+    return len({scene.acquisition for scene in scenes})
+
+
+def _where(values: Sequence[T], keep: np.ndarray) -> tuple[T, ...]:
+    return tuple(value for value, kept in zip(values, keep, strict=True) if kept)
+
+
+def _odc_load(
+    selection: SceneSelection, sign_url: Callable[[str], str] | None, reader: Any
+) -> Callable[..., xr.Dataset]:
+    """odc.stac.load of the selection's products, one frame each, in order; the bands, geobox and
+    chunks are the caller's."""
+    items = [
+        canonical_item(item, dict(info.asset_keys))
+        for item, info in zip(selection.items, selection.scenes, strict=True)
+    ]
+    return partial(
+        odc.stac.load,
+        items,
+        groupby="id",
+        preserve_original_order=True,
+        resampling={"*": "bilinear", SCL: "nearest"},
+        fail_on_error=False,
+        stac_cfg=_STAC_CFG,
+        patch_url=sign_url or default_url_signer(),
+        driver=reader or OpenFileDriver(),  # one for all of this task's loads: they share files
+        fuse_func=_fuser(items),
+    )
 
 
 def replace_fuser(dst: np.ndarray, src: np.ndarray) -> None:

@@ -135,6 +135,17 @@ def _stack(frames: list[xr.DataArray], groups: dict[str, list[int]]) -> xr.DataA
     return stacked.sortby("time")
 
 
+def products_of_kept_frames(
+    scl: xr.DataArray, scenes: Sequence[SceneInfo], core: GeoBox, policy: MaskPolicy = MaskPolicy()
+) -> np.ndarray:
+    """Per product (bool, in `scenes` order): whether `preprocess` keeps its overpass's frame,
+    decided from SCL alone as preprocess decides it, so the bands of the others need no reading."""
+    acquisitions = [scene.acquisition for scene in scenes]
+    clear = fuse_valid(~scl.isin(sorted(policy.invalid_scl)), acquisitions)
+    kept = set(clear.acquisition.values[_frames_with_valid_core(clear, core)].tolist())
+    return np.array([acquisition in kept for acquisition in acquisitions], dtype=bool)
+
+
 def _frames_with_valid_core(valid: xr.DataArray, core: GeoBox) -> np.ndarray:
     inside = valid.sel(x=slice(*_span(core, "x")), y=slice(*_span(core, "y")))
     return np.asarray(inside.any(("y", "x")).values, dtype=bool)

@@ -32,11 +32,11 @@ from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.environment import TaskEnvironment, applied, available_cores, release_free_memory
 from aef_pipeline.errors import AefError, AefWarning, StorageFullError, TileUnreadableError
 from aef_pipeline.grid import BBox
-from aef_pipeline.load import load_selection, report_read_failures, selection_hrefs
+from aef_pipeline.load import load_kept_frames, report_read_failures, selection_hrefs
 from aef_pipeline.lock import store_lock
 from aef_pipeline.model import LoadedModel, ModelSpec, check_weights, load_model, load_spec, provenance_of
 from aef_pipeline.plan import Period, Plan, PlanCounts, TileTask, plan_tasks, plan_windows, task_cost
-from aef_pipeline.preprocess import mask_policy, preprocess
+from aef_pipeline.preprocess import mask_policy
 from aef_pipeline.region import Region
 from aef_pipeline.report import RunReport, TaskResult, TaskStatus
 from aef_pipeline.search import CatalogConfig, SceneSelection, SceneSource, open_source, search_tile
@@ -260,15 +260,16 @@ def load_and_encode(
     load_area = area.pad(required_halo(spec, request.overlap))
     with report_read_failures(selection_hrefs(selection)) as failures:
         with result.timed("load"):
-            loaded = load_selection(
+            cube = load_kept_frames(
                 selection,
                 load_area,
+                area,
                 spec.bands,
+                mask_policy(spec.mask_clouds),
                 request.environment.gdal,
                 chunk_rows=options.read_rows,
                 reader=request.environment.reader,
             )
-            cube = preprocess(loaded, selection.scenes, spec.bands, core=area, policy=mask_policy(spec.mask_clouds))
         with result.timed("encode"):  # includes the lazy reads of the reflectance bands
             embeddings = encode_cube(
                 cube, task.period, model.encoder, spec, options, provenance=model.provenance, turn=turn

@@ -199,7 +199,8 @@ def _counting_source_pixels() -> Iterator[list[int]]:
 
 
 def main() -> None:
-    """Figure 2 alone: `python -m benchmarks.loading [--repeats N]` on the suite's task and data."""
+    """Figure 2 alone: `python -m benchmarks.loading [--repeats N] [--amplification]` on the suite's
+    task and data; with --amplification, figure 3 too (the task run through the pipeline, ~80 s)."""
     import argparse
     import tempfile
     import warnings
@@ -215,6 +216,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many, alternating")
+    parser.add_argument("--amplification", action="store_true", help="also figure 3, read amplification")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     spec = load_spec("tiny")
@@ -223,6 +225,11 @@ def main() -> None:
     catalog, _ = bench_catalog()
     with tempfile.TemporaryDirectory(prefix="aef-bench-") as tmp, serve_catalogs([catalog], Path(tmp)) as url:
         selection = search_tile(open_source(CatalogConfig(url)), box, task.period, spec.bands)
+        if args.amplification:
+            bbox = quadrant_bbox(QUADRANT_M, 1)
+            request = RunRequest(bbox, (task.period,), Path(tmp) / "amp.zarr", CatalogConfig(url), model="tiny")
+            amplification = read_amplification(task, request, selection, required_halo(spec, False))
+            print(f"[3] read amplification {amplification.value:.3f} ({amplification.sizes}; {amplification.details})")
     figure = loader_efficiency(selection, box, spec.bands, repeats=args.repeats)
     details = figure.details or {}
     print(

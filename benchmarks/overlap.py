@@ -44,10 +44,10 @@ import xarray as xr
 from aef_pipeline.cluster import connect, dask_submitter
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.environment import TaskEnvironment
-from aef_pipeline.load import GdalOptions, load_selection
+from aef_pipeline.load import GdalOptions, load_kept_frames
 from aef_pipeline.model import load_model
 from aef_pipeline.plan import Period, TileTask, plan_tasks
-from aef_pipeline.preprocess import mask_policy, preprocess
+from aef_pipeline.preprocess import mask_policy
 from aef_pipeline.run import RunRequest, run
 from aef_pipeline.search import CatalogConfig, open_source, search_tile
 from aef_pipeline.testing import serve_catalogs
@@ -105,11 +105,16 @@ def _load_alone(tasks: list[TileTask], request: RunRequest, threads: int) -> tup
         for task in tasks:
             area = task.geobox()
             selection = search_tile(source, area.pad(halo), task.period, spec.bands)
-            lazy = load_selection(
-                selection, area.pad(halo), spec.bands, GdalOptions(), chunk_rows=EncodeOptions().read_rows
+            cube = load_kept_frames(
+                selection,
+                area.pad(halo),
+                area,
+                spec.bands,
+                mask_policy(spec.mask_clouds),
+                GdalOptions(),
+                chunk_rows=EncodeOptions().read_rows,
             )
-            policy = mask_policy(spec.mask_clouds)
-            cubes.append(preprocess(lazy, selection.scenes, spec.bands, core=area, policy=policy).compute())
+            cubes.append(cube.compute())
     return cubes, time.perf_counter() - start
 
 

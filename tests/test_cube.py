@@ -5,19 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import warnings
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
+import pystac
 import pytest
 import xarray as xr
 from distributed import Client, LocalCluster
 from odc.geo.geobox import GeoBox
+from odc.loader._rio import RioDriver, RioReader
 
 from aef_pipeline.grid import BBox, TileId, tiles_for_bbox
-from aef_pipeline.load import ReadFailureWarning, load_selection, report_read_failures
+from aef_pipeline.load import ReadFailureWarning, load_kept_frames, load_selection, report_read_failures
 from aef_pipeline.plan import Period
-from aef_pipeline.preprocess import preprocess
+from aef_pipeline.preprocess import MaskPolicy, preprocess
 from aef_pipeline.search import CatalogConfig, SceneSelection, open_source, search_tile
 from aef_pipeline.testing import (
     CatalogSpec,
@@ -120,6 +124,48 @@ def test_frames_one_per_overpass_timestamps_exact(stac_api: str, catalog: Synthe
     assert cube.reflectance.dims == ("time", "band", "y", "x")
     assert list(cube.band.values) == list(BANDS)
     assert cube.reflectance.dtype == np.float32
+
+
+class _RecordingReader(RioDriver):
+    """odc-stac's reader, noting the URI of every read (reads run on the load's threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_uris: list[str] = []
+
+    def open(self, src: Any, ctx: Any) -> RioReader:
+        self.read_uris.append(src.uri)
+        return RioReader(src, ctx)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 64])
+def test_bands_are_read_only_for_the_frames_kept(
+    stac_api: str, catalog: SyntheticCatalog, chunk_rows: int | None
+) -> None:
+    geobox = _site_geobox(catalog.scenes[0])
+    core = geobox[8:-8, 8:-8]
+    selection = _select(stac_api, catalog.collection_id, geobox, 2021)
+    overcast = {item.id for item in selection.items if catalog.scene_of(item.id).acquisition.sky.overcast}
+    assert overcast  # one acquisition, in the products of two MGRS tiles
+    reader = _RecordingReader()
+    with dask.config.set(scheduler="threads"):
+        cube = load_kept_frames(selection, geobox, core, BANDS, MaskPolicy(), chunk_rows=chunk_rows, reader=reader)
+        cube = cube.compute()
+        loaded = load_selection(selection, geobox, BANDS, chunk_rows=chunk_rows)
+        expected = preprocess(loaded, selection.scenes, BANDS, core=core).compute()
+    xr.testing.assert_identical(cube, expected)  # attrs too: the overcast frame counts as dropped
+    assert cube.attrs["dropped_frames"] == 1
+    scl_chunks = 1 if chunk_rows is None else -(-geobox.shape[0] // chunk_rows)
+    for item in selection.items:
+        reads = Counter(name for uri in reader.read_uris for name, asset in item.assets.items() if uri == asset.href)
+        scl = _scl_key(item)
+        assert 1 <= reads[scl] <= scl_chunks  # read once, in the first pass: not again with the bands
+        band_reads = sum(count for name, count in reads.items() if name != scl)
+        assert (band_reads == 0) == (item.id in overcast)  # the overcast products' bands: never
+
+
+def _scl_key(item: pystac.Item) -> str:
+    return next(key for key in item.assets if key.lower() == "scl")
 
 
 def test_partly_imaged_frame_keeps_its_valid_part(stac_api: str, catalog: SyntheticCatalog) -> None:

@@ -262,6 +262,7 @@ def test_the_upsampling_is_the_transposed_convolution_it_replaces(factor: int, w
     assert got.shape == expected.shape == (3, 6, 5 * factor, 7 * factor)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
+    assert conv.bias is not None
     leaves = [x, conv.weight, conv.bias] + ([gain] if gain is not None else [])
     for want, have in zip(
         torch.autograd.grad(expected, leaves, upstream), torch.autograd.grad(got, leaves, upstream), strict=True
