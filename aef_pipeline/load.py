@@ -39,9 +39,9 @@ DEFAULT_CHUNK_ROWS = 512
 # large as the reads themselves (docs/performance.md, figure 2). Eight frames keep a row block
 # split into several chunks per band, for the read threads to share.
 DEFAULT_CHUNK_FRAMES = 8
+T = TypeVar("T")
 # Nodata and dtype for every provider: Planetary Computer declares neither (no raster:bands), and
 # odc-stac would then load float32 without nodata.
-T = TypeVar("T")
 _STAC_CFG = {"*": {"assets": {"*": {"data_type": "uint16", "nodata": 0}, SCL: {"data_type": "uint8", "nodata": 0}}}}
 
 
@@ -215,8 +215,9 @@ def load_kept_frames(
     classes = read_scene_classes(selection, geobox, gdal, chunk_rows, reader=reader)
     kept = products_of_kept_frames(classes.on_grid(chunk_rows), selection.scenes, core, policy)
     if not kept.all() and kept.any():  # with none kept, nothing is read below but the SCL
-        dropped = _frames(selection.scenes) - _frames(_where(selection.scenes, kept))
-        selection = replace(selection, items=_where(selection.items, kept), scenes=_where(selection.scenes, kept))
+        scenes = _where(selection.scenes, kept)
+        dropped = _frames(selection.scenes) - _frames(scenes)
+        selection = replace(selection, items=_where(selection.items, kept), scenes=scenes)
         classes = classes.isel(kept)
     else:
         dropped = 0

@@ -73,8 +73,7 @@ def preprocess(
     reflectance, valid = harmonise(loaded, scenes, bands, policy)
     reflectance, valid = fuse_overpasses(reflectance, valid, acquisitions)
     # Decided from SCL alone, which is small (20 m, uint8): the bands are read once, later.
-    clear = fuse_valid(~loaded[SCL].isin(sorted(policy.invalid_scl)), acquisitions)
-    keep = _frames_with_valid_core(clear, core)
+    keep = _kept_frames(loaded[SCL], acquisitions, core, policy).values
     cube = xr.Dataset({"reflectance": reflectance.isel(time=keep), "valid": valid.isel(time=keep)})
     cube.attrs["dropped_frames"] = int((~keep).sum())
     return cube
@@ -141,9 +140,17 @@ def products_of_kept_frames(
     """Per product (bool, in `scenes` order): whether `preprocess` keeps its overpass's frame,
     decided from SCL alone as preprocess decides it, so the bands of the others need no reading."""
     acquisitions = [scene.acquisition for scene in scenes]
-    clear = fuse_valid(~scl.isin(sorted(policy.invalid_scl)), acquisitions)
-    kept = set(clear.acquisition.values[_frames_with_valid_core(clear, core)].tolist())
+    frames = _kept_frames(scl, acquisitions, core, policy)
+    kept = set(frames.acquisition.values[frames.values].tolist())
     return np.array([acquisition in kept for acquisition in acquisitions], dtype=bool)
+
+
+def _kept_frames(scl: xr.DataArray, acquisitions: Sequence[str], core: GeoBox, policy: MaskPolicy) -> xr.DataArray:
+    """Per fused frame (time order, with its acquisition): whether it has a clear pixel in the core."""
+    clear = fuse_valid(~scl.isin(sorted(policy.invalid_scl)), acquisitions)
+    return xr.DataArray(
+        _frames_with_valid_core(clear, core), dims="time", coords={"acquisition": ("time", clear.acquisition.values)}
+    )
 
 
 def _frames_with_valid_core(valid: xr.DataArray, core: GeoBox) -> np.ndarray:
