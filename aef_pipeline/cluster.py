@@ -78,8 +78,9 @@ def _host(address: str) -> str:
 
 
 def worker_environ() -> dict[str, Any]:
-    """dask's environment for new worker processes, less MALLOC_TRIM_THRESHOLD_, plus
-    MALLOC_ARENA_MAX=2 unless this process's environment sets it.
+    """dask's environment for new worker processes, less MALLOC_TRIM_THRESHOLD_ (which `connect`
+    also keeps out of the environment they inherit), plus MALLOC_ARENA_MAX=2 unless this
+    process's environment sets it.
 
     dask sets the trim threshold to hand freed memory back to the OS sooner; it also fixes glibc's
     mmap threshold, so every array over 128 KiB is mapped and unmapped again, page faults
@@ -90,12 +91,32 @@ def worker_environ() -> dict[str, Any]:
     a 1-tile run instead of 10-22 %, with the same encode times (docs/performance.md, figure 5).
     """
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    environ.pop(_TRIM_THRESHOLD, None)
     environ.setdefault("MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX", 2))
     # A worker that dies in native code (GDAL, CUDA) then leaves its threads' Python stacks in the
     # log instead of only the nanny's "Restarting worker" (seen on a GPU node, 2026-12-04).
     environ.setdefault("PYTHONFAULTHANDLER", os.environ.get("PYTHONFAULTHANDLER", "1"))
     return environ
+
+
+_TRIM_THRESHOLD = "MALLOC_TRIM_THRESHOLD_"
+
+
+@contextmanager
+def _environ_without(name: str) -> Iterator[None]:
+    """`name` out of this process's environment while the block runs, put back after.
+
+    dask's nanny writes its pre-spawn environment into the environment of the process that starts
+    the workers and leaves it there (distributed/nanny.py, `os.environ.update(self.pre_spawn_env)`),
+    so any LocalCluster started earlier in this process (a notebook's, another library's) leaves
+    MALLOC_TRIM_THRESHOLD_ set here, and every worker spawned later, restarts included, inherits
+    it: `worker_environ` removing it from dask's config is then not enough."""
+    value = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[name] = value
 
 
 def worker_memory_limit(workers: int) -> int:
@@ -135,6 +156,7 @@ def connect(scheduler: str | None, workers: int, timeout_s: float = 10.0, slots:
     resources = {"GPU": slots} if gpus else None
     with (
         dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}),
+        _environ_without(_TRIM_THRESHOLD),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=slots,

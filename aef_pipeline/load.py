@@ -7,6 +7,7 @@ Reflectance bands are resampled bilinearly, SCL with nearest neighbour; DN 0 sta
 
 from __future__ import annotations
 
+import copy as pycopy
 import logging
 import math
 import re
@@ -14,11 +15,9 @@ import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, Literal, TypeVar
 
 import numpy as np
-import odc.stac
 import pystac
 import rasterio
 import xarray as xr
@@ -27,6 +26,7 @@ from odc.geo.xr import xr_coords
 
 from aef_pipeline.cog_reader import OpenFileDriver
 from aef_pipeline.errors import AefWarning
+from aef_pipeline.parsed_load import ParsedItems
 from aef_pipeline.preprocess import MaskPolicy, preprocess, products_of_kept_frames
 from aef_pipeline.providers import SCL, SceneInfo
 from aef_pipeline.search import SceneSelection
@@ -239,23 +239,20 @@ def _where(values: Sequence[T], keep: np.ndarray) -> tuple[T, ...]:
 def _odc_load(
     selection: SceneSelection, sign_url: Callable[[str], str] | None, reader: Any
 ) -> Callable[..., xr.Dataset]:
-    """odc.stac.load of the selection's products, one frame each, in order; the bands, geobox and
-    chunks are the caller's."""
+    """odc-stac's load of the selection's products, one frame each, in order, parsed once for all of
+    the caller's loads (parsed_load); the bands, geobox and chunks are the caller's."""
     items = [
         canonical_item(item, dict(info.asset_keys))
         for item, info in zip(selection.items, selection.scenes, strict=True)
     ]
-    return partial(
-        odc.stac.load,
+    return ParsedItems(
         items,
-        groupby="id",
-        preserve_original_order=True,
-        resampling={"*": "bilinear", SCL: "nearest"},
-        fail_on_error=False,
+        reader or OpenFileDriver(),  # one for all of this task's loads: they share files
         stac_cfg=_STAC_CFG,
-        patch_url=sign_url or default_url_signer(),
-        driver=reader or OpenFileDriver(),  # one for all of this task's loads: they share files
+        resampling={"*": "bilinear", SCL: "nearest"},
         fuse_func=_fuser(items),
+        fail_on_error=False,
+        patch_url=sign_url or default_url_signer(),
     )
 
 
@@ -388,11 +385,22 @@ def _doubled(coarse: xr.Dataset, geobox: GeoBox) -> xr.Dataset:
 
 def canonical_item(item: pystac.Item, asset_keys: dict[str, str]) -> pystac.Item:
     """A copy of the item whose assets are keyed by ESA band name ("B04", "SCL"), holding only the
-    assets the pipeline reads, so one odc-stac call loads products of any provider."""
-    copy = item.clone()
-    copy.assets = {name: item.assets[key].clone() for name, key in asset_keys.items()}
-    for asset in copy.assets.values():
-        asset.owner = copy
+    assets the pipeline reads, so one odc-stac call loads products of any provider.
+
+    A shallow copy: its geometry, links and the assets' fields are the item's own (nothing here or
+    in odc-stac writes to them). `Item.clone` deep-copies every asset and property, which took a
+    third of building a task's load graph (docs/performance.md, figure 2)."""
+    copy = pycopy.copy(item)
+    copy.properties = dict(item.properties)
+    copy.assets = {}
+    for name, key in asset_keys.items():
+        source = item.assets[key]
+        copy.add_asset(
+            name,
+            pystac.Asset(
+                source.href, source.title, source.description, source.media_type, source.roles, source.extra_fields
+            ),
+        )
     return copy
 
 

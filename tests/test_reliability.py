@@ -283,7 +283,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(
 
 
 def test_a_worker_killed_mid_task_changes_nothing(
-    clean_store: Path, tmp_path: Path, static_catalog: CatalogConfig
+    clean_store: Path, tmp_path: Path, static_catalog: CatalogConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import signal
     import threading
@@ -295,6 +295,9 @@ def test_a_worker_killed_mid_task_changes_nothing(
 
     request = RunRequest(SMALL, PERIODS, tmp_path / "f.zarr", static_catalog, device="cpu")
     killed: list[int] = []
+    # What an earlier LocalCluster in this process leaves behind (dask's nanny writes its
+    # pre-spawn environment into ours): our workers must not inherit it.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with connect(None, 2) as client:
         pids: dict[str, int] = client.run(os.getpid)
         # The allocator settings a local cluster's workers start with (cluster.worker_environ).
@@ -320,6 +323,9 @@ def test_a_worker_killed_mid_task_changes_nothing(
         killer.start()
         report = run(request, submit=dask_submitter(client, progress=False))
         killer.join()
+        restarted = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))  # the killed one's successor
+        assert set(restarted.values()) == {None}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's environment is as it was
     assert killed
     assert [task.status for task in report.tasks] == ["done"]
     assert_same_stores(clean_store, request.output)
