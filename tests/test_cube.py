@@ -292,3 +292,22 @@ def test_twenty_metre_bands_equal_gdal_warp_pixel_for_pixel(stac_api: str, catal
                 np.testing.assert_array_equal(ours[band].values, warped[band].values, err_msg=f"{band} {chunk_rows}")
         b11 = warped.B11.values
         assert 0 < (b11 == 0).mean() < 0.2  # the swath edge's nodata is in the comparison
+
+
+def test_bilinear_doubling_takes_the_short_way_only_where_it_gives_the_same_values() -> None:
+    """Frames without nodata are doubled in integers, the others with renormalised weights: every
+    frame equals the general computation, alone or in a block with the other kind."""
+    from aef_pipeline.load import _doubled_with_nodata, bilinear_doubled
+
+    rng = np.random.default_rng(7)
+    block = rng.integers(1, 2**16, size=(5, 2, 34, 42), dtype=np.uint16)  # (frames, extra, h+2, w+2)
+    block[1, 0, 3:9, 5:30] = 0  # a swath edge in one frame
+    block[3] = np.where(rng.random(block[3].shape) < 0.3, 0, block[3])  # scattered nodata in another
+    expected = _doubled_with_nodata(block)
+    assert (expected[1] == 0).any()
+    assert (expected[0] > 0).all()
+    np.testing.assert_array_equal(bilinear_doubled(block), expected)
+    np.testing.assert_array_equal(bilinear_doubled(block[0]), expected[0])  # all valid
+    np.testing.assert_array_equal(bilinear_doubled(block[3, 0]), expected[3, 0])  # 2-d, with nodata
+    top = np.full((4, 4), 65535, dtype=np.uint16)  # the largest sums round as in float
+    np.testing.assert_array_equal(bilinear_doubled(top), _doubled_with_nodata(top))
