@@ -86,6 +86,37 @@ def test_a_task_opens_each_file_once(stac_api: str, catalog: SyntheticCatalog, m
     assert set(opened.values()) == {1}
 
 
+def test_threads_asking_for_a_file_being_opened_wait_for_that_open(
+    stac_api: str, catalog: SyntheticCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight threads ask at once for a file whose open is slow: one opens it, all get that handle;
+    a file that fails to open is tried once."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aef_pipeline import cog_reader
+
+    opened: Counter[str] = Counter()
+    original = cog_reader._OpenFile.__init__
+
+    def slow_open(self: cog_reader._OpenFile, uri: str) -> None:
+        opened[uri] += 1
+        time.sleep(0.2)  # an open over HTTP: a round trip or more
+        original(self, uri)
+
+    monkeypatch.setattr(cog_reader._OpenFile, "__init__", slow_open)
+    _, geobox = next(_areas(catalog))
+    href = _href(_selection(stac_api, catalog.collection_id, geobox), 0, "B04")
+    files = cog_reader.OpenFiles()
+    for uri in (href, href + ".missing"):
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(files.get, [uri] * 8))
+        assert opened[uri] == 1, uri
+        assert len(got) == 8
+        assert len({id(file) for file in got}) == 1
+    assert got == [None] * 8  # the missing file: odc-stac's reader takes over
+
+
 def test_a_file_that_breaks_mid_task_is_skipped_and_reported(tmp_path: Path) -> None:
     """A file cut short after the task opened it: its later reads fail, odc-stac skips and logs
     them, and the task reports the asset, as with odc-stac's own reader."""
