@@ -35,6 +35,12 @@ PY="${PYTHON:-python3}"
 WHEELS="${GPU_WHEELS:-build/gpu-wheels}"
 TOTAL_S="${GPU_SESSION_S:-540}"
 STAGES=",${GPU_STAGES:-gpu,training,overlap},"
+for stage in ${STAGES//,/ }; do # a misspelt stage would otherwise run nothing, on scarce GPU time
+  case "$stage" in
+    gpu | training | overlap) ;;
+    *) echo "GPU_STAGES: unknown stage '$stage' (known: gpu, training, overlap)" >&2; exit 2 ;;
+  esac
+done
 CORE_WHEELS="odc-geo affine cachetools pyproj shapely"
 SECOND_WHEELS="rasterio" # 36 MB alone: a second copy where one copy holds 64 MiB
 FULL_WHEELS="$CORE_WHEELS rustac dask distributed donfig google-crc32c importlib_metadata lazy-importer locket
