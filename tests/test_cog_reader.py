@@ -87,7 +87,7 @@ def test_a_task_opens_each_file_once(stac_api: str, catalog: SyntheticCatalog, m
 
 
 def test_threads_asking_for_a_file_being_opened_wait_for_that_open(
-    stac_api: str, catalog: SyntheticCatalog, monkeypatch: pytest.MonkeyPatch
+    stac_api: str, earth_search_catalog: SyntheticCatalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Eight threads ask at once for a file whose open is slow: one opens it, all get that handle;
     a file that fails to open is tried once."""
@@ -105,8 +105,8 @@ def test_threads_asking_for_a_file_being_opened_wait_for_that_open(
         original(self, uri)
 
     monkeypatch.setattr(cog_reader._OpenFile, "__init__", slow_open)
-    _, geobox = next(_areas(catalog))
-    href = _href(_selection(stac_api, catalog.collection_id, geobox), 0, "B04")
+    _, geobox = next(_areas(earth_search_catalog))
+    href = _href(_selection(stac_api, earth_search_catalog.collection_id, geobox), 0, "B04")
     files = cog_reader.OpenFiles()
     for uri in (href, href + ".missing"):
         with ThreadPoolExecutor(8) as pool:
