@@ -77,6 +77,9 @@ def _host(address: str) -> str:
     return urlsplit(address).hostname or ""
 
 
+_TRIM_THRESHOLD = "MALLOC_TRIM_THRESHOLD_"
+
+
 def worker_environ() -> dict[str, Any]:
     """dask's environment for new worker processes, less MALLOC_TRIM_THRESHOLD_ (which `connect`
     also keeps out of the environment they inherit), plus MALLOC_ARENA_MAX=2 unless this
@@ -97,9 +100,6 @@ def worker_environ() -> dict[str, Any]:
     # log instead of only the nanny's "Restarting worker" (seen on a GPU node, 2026-12-04).
     environ.setdefault("PYTHONFAULTHANDLER", os.environ.get("PYTHONFAULTHANDLER", "1"))
     return environ
-
-
-_TRIM_THRESHOLD = "MALLOC_TRIM_THRESHOLD_"
 
 
 @contextmanager

@@ -62,9 +62,10 @@ class ParsedItems:
         self, *, bands: Sequence[str], geobox: GeoBox, chunks: Mapping[str, int | Literal["auto"]] | None
     ) -> xr.Dataset:
         collection = self._items[0].collection
-        names = list(collection.resolve_bands(list(bands)))
+        to_load = collection.resolve_bands(list(bands))
+        names = list(to_load)
         load_cfg = resolve_load_cfg(
-            collection.resolve_bands(names),
+            to_load,
             self._resampling,
             fail_on_error=self._fail_on_error,
             fuse_func=self._fuse_func,
