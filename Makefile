@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned and installed first, deliberately (README: "Why torch is installed first").
+# --no-compile: Python compiles each module when it is first imported, instead of pip compiling
+# every module of every package up front (README: "Installing by hand").
 TORCH_VERSION ?= 2.13.0
 # Set to e.g. https://download.pytorch.org/whl/cpu for a CPU-only build from PyTorch's own index.
 TORCH_INDEX ?=
@@ -14,8 +16,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $@
 
 # The main job, offline: the synthetic catalog (built on first use) -> a two-year embedding field.

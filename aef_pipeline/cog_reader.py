@@ -31,13 +31,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, cast
 
+import dask.array as da
 import numpy as np
 import rasterio
 import rasterio.errors
+from dask.highlevelgraph import HighLevelGraph, Layer, MaterializedLayer
 from odc.geo.converters import rio_geobox
 from odc.geo.geobox import GeoBox
 from odc.geo.overlap import ReprojectInfo, compute_reproject_roi
 from odc.geo.roi import roi_is_empty, roi_shape, w_
+from odc.loader._builder import _dask_open_reader
 from odc.loader._reader import (
     nodata_mask,
     resolve_band_query,
@@ -219,6 +222,11 @@ class OpenFileReader:
         return roi, pixels
 
 
+def _opens_a_reader_of(task: Any, driver: OpenFileDriver) -> bool:
+    """True for odc-loader's task `(_dask_open_reader, source, driver, env, load_state)` of `driver`."""
+    return isinstance(task, tuple) and len(task) == 5 and task[0] is _dask_open_reader and task[2] is driver
+
+
 def read_window(file: _OpenFile, band: int, window: tuple[slice, slice], out: np.ndarray) -> None:
     """Read `window` of `band` into `out`, one thread at a time per file (benchmarks count the
     source pixels read here)."""
@@ -252,6 +260,30 @@ class OpenFileDriver:
 
     def open(self, src: RasterSource, ctx: OpenFiles) -> OpenFileReader:
         return OpenFileReader(src, ctx)
+
+    def with_readers_made(self, array: da.Array) -> da.Array:
+        """`array` (one band of odc-loader's lazy load with this driver) with its reader-opening
+        tasks replaced by the readers themselves.
+
+        odc-loader's graph opens each (source, band) in a task of its own, `_dask_open_reader`,
+        which enters the GDAL environment to call `open`; here `open` only pairs the source with
+        this driver's files (no I/O, nothing from the environment), so the readers are made now
+        and travel in the graph as data. On the benchmark task those tasks were 287 of the load's
+        341, and each went through dask's scheduler (docs/performance.md, figure 2). Tasks of any
+        other shape are left as they are."""
+        graph = array.__dask_graph__()
+        if not isinstance(graph, HighLevelGraph):
+            return array
+        layers = {name: self._readers_made(layer) for name, layer in graph.layers.items()}
+        made = HighLevelGraph(layers, graph.dependencies)
+        return da.Array(made, array.name, array.chunks, dtype=array.dtype, meta=array._meta)  # type: ignore[no-untyped-call]
+
+    def _readers_made(self, layer: Layer) -> Layer:
+        tasks = dict(layer)
+        opens = {key: task for key, task in tasks.items() if _opens_a_reader_of(task, self)}
+        if not opens:
+            return layer
+        return MaterializedLayer({**tasks, **{key: self.open(task[1], self.files) for key, task in opens.items()}})
 
     md_parser = None
     dask_reader = None

@@ -26,6 +26,8 @@ from odc.geo.geobox import GeoBox, GeoBoxBase, GeoboxTiles
 from odc.loader import chunked_load, resolve_chunk_shape, resolve_load_cfg
 from odc.stac import ConversionConfig, ParsedItem, parse_items
 
+from aef_pipeline.cog_reader import OpenFileDriver
+
 # odc-stac's chunk shape for an eager load (odc.stac._stac_load.DEFAULT_CHUNK_FOR_LOAD): how an
 # eager load is split for its reader threads.
 _EAGER_TILE = 2048
@@ -77,7 +79,7 @@ class ParsedItems:
         else:
             chunk_shape = resolve_chunk_shape(frames, geobox, chunks, cfg=load_cfg, extra_dims=meta.extra_dims_full())
         tiles = GeoboxTiles(geobox, (chunk_shape[1], chunk_shape[2]))
-        return chunked_load(
+        loaded = chunked_load(
             load_cfg,
             meta,
             [item.resolve_bands(names) for item in self._items],
@@ -87,6 +89,11 @@ class ParsedItems:
             self._driver.capture_env(),  # the rasterio environment active now, as odc.stac.load
             self._driver,
             chunks=chunks,
+        )
+        if chunks is None or not isinstance(self._driver, OpenFileDriver):
+            return loaded
+        return loaded.assign(
+            {name: band.copy(data=self._driver.with_readers_made(band.data)) for name, band in loaded.data_vars.items()}
         )
 
     def _bins(self, tiles: GeoboxTiles) -> dict[tuple[int, int, int], list[int]]:

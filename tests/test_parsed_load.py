@@ -9,7 +9,9 @@ import odc.stac
 import pystac
 import pytest
 import xarray as xr
+from dask._task_spec import Task, convert_legacy_graph
 from odc.geo.geobox import GeoBox, GeoboxTiles
+from odc.loader._builder import _dask_open_reader
 from odc.loader._rio import RioDriver
 
 from aef_pipeline.cog_reader import OpenFileDriver
@@ -39,7 +41,11 @@ def test_loads_what_odc_stac_load_loads(stac_api: str, earth_search_catalog: Syn
     parsed = ParsedItems(items, OpenFileDriver(), patch_url=_recording(signed), **OPTIONS)
     for grid in (area, area.zoom_out(2)):
         theirs = _odc_stac_load(items, grid, chunks, OpenFileDriver())
-        xr.testing.assert_identical(parsed(bands=LOADED, geobox=grid, chunks=chunks).compute(), theirs.compute())
+        ours = parsed(bands=LOADED, geobox=grid, chunks=chunks)
+        xr.testing.assert_identical(ours.compute(), theirs.compute())
+        # The same reads, without odc-loader's task per (item, band) that makes the reader.
+        assert _reader_tasks(theirs) == len(items) * len(LOADED)
+        assert _reader_tasks(ours) == 0
     assert len(signed) == len(items) * len(LOADED)
 
 
@@ -82,6 +88,12 @@ def _odc_stac_load(
         items, LOADED, groupby="id", preserve_original_order=True, geobox=grid, chunks=chunks,
         driver=driver or RioDriver(), debug=True, **OPTIONS,
     )  # fmt: skip
+
+
+def _reader_tasks(loaded: xr.Dataset) -> int:
+    """The tasks of the load's graph that call odc-loader's `_dask_open_reader`."""
+    graph = convert_legacy_graph(dict(loaded.__dask_graph__()))  # type: ignore[no-untyped-call]
+    return sum(isinstance(node, Task) and node.func is _dask_open_reader for node in graph.values())
 
 
 def _recording(seen: list[str]) -> Callable[[str], str]:

@@ -25,9 +25,11 @@ from aef_pipeline.testing.scenes import DEFAULT_SITE
 from aef_pipeline.testing.server import free_port
 from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
-from tests.sites import BOTH_YEARS
+from tests.sites import BOTH_YEARS, SMALL
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
+# The cluster tests' area: a few windows of one tile (what they check does not grow with the area).
+SMALL_ARGS = [str(v) for v in (SMALL.west, SMALL.south, SMALL.east, SMALL.north)]
 
 
 def test_cli_run_on_a_local_cluster(
@@ -36,22 +38,21 @@ def test_cli_run_on_a_local_cluster(
     """One worker running both tasks side by side (they take turns on its encoder while the other
     reads) gives the store that one task after another in this process gives."""
     out = tmp_path / "field.zarr"
-    argv = ["run", "--stac", stac_api, "--bbox", *SITE]
+    argv = ["run", "--stac", stac_api, "--bbox", *SMALL_ARGS]
     argv += ["--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1", "--tasks-per-worker", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 tile-periods done" in printed
-    west, south, east, north = (float(v) for v in SITE)
     alone = tmp_path / "alone.zarr"
-    run(RunRequest(BBox(west, south, east, north), BOTH_YEARS, alone, CatalogConfig(stac_api), device="cpu"))
+    run(RunRequest(SMALL, BOTH_YEARS, alone, CatalogConfig(stac_api), device="cpu"))
     assert_same_stores(alone, out)
-    ds = aef_pipeline.open_embeddings(out, bbox=BBox(west, south, east, north))  # the site, not the whole tile
+    ds = aef_pipeline.open_embeddings(out, bbox=SMALL)  # the area, not the whole tile
     assert [str(t)[:4] for t in ds.time.values] == ["2021", "2022"]
     assert ds.rio.crs.to_epsg() == 32633
     vectors = ds.embedding.values
     observed = ds.observations.values > 0
     norms = np.linalg.norm(vectors, axis=-1)
-    assert observed.sum() > 10_000
+    assert observed.sum() > 0.9 * observed[0].size  # the area holds data both years
     assert np.allclose(norms[observed], 1.0, atol=0.02)
     assert np.isnan(vectors[~observed]).all()
     assert main(["info", str(out)]) == 0
@@ -185,7 +186,7 @@ def external_scheduler(tmp_path: Path) -> Iterator[str]:
 def test_an_external_scheduler_gives_the_same_store(
     tmp_path: Path, stac_api: str, external_scheduler: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    common = ["--stac", stac_api, "--bbox", *SITE, "--years", "2022", "--device", "cpu"]
+    common = ["--stac", stac_api, "--bbox", *SMALL_ARGS, "--years", "2022", "--device", "cpu"]
     assert main(["run", *common, "--out", str(tmp_path / "local.zarr"), "--workers", "2"]) == 0
     with Client(external_scheduler, timeout="30s") as client:  # type: ignore[no-untyped-call]
         client.wait_for_workers(2, timeout=60)

@@ -32,7 +32,9 @@ from tests.refusals import assert_refused
 
 SITE = BBox(15.057, 46.194, 15.073, 46.206)
 SITE_ARGS = ["15.057", "46.194", "15.073", "46.206"]
-STEPS = 200
+# 140 steps, batch 8: held-out L1 0.43 of step 0's and the uniformity term 0.88 of its start (it rises
+# first, then falls), 51 s; 200 steps took 75 s of CI for the same two checks (2026-12-05).
+STEPS = 140
 
 
 @pytest.fixture(scope="module")
