@@ -24,7 +24,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
-from aef_pipeline.cog_reader import OpenFileDriver
+from aef_pipeline.cog_reader import COPY_FUSER, OpenFileDriver
 from aef_pipeline.errors import AefWarning
 from aef_pipeline.parsed_load import ParsedItems
 from aef_pipeline.preprocess import MaskPolicy, preprocess, products_of_kept_frames
@@ -41,6 +41,8 @@ DEFAULT_CHUNK_ROWS = 512
 # a row block of a year's 40-150 frames into 3-10 chunks per band for the read threads to share.
 DEFAULT_CHUNK_FRAMES = 16
 T = TypeVar("T")
+# 20 m rows bilinearly doubled at a time (`_complete_doubled`).
+_STRIP_ROWS = 8
 # Nodata and dtype for every provider: Planetary Computer declares neither (no raster:bands), and
 # odc-stac would then load float32 without nodata.
 _STAC_CFG = {"*": {"assets": {"*": {"data_type": "uint16", "nodata": 0}, SCL: {"data_type": "uint8", "nodata": 0}}}}
@@ -257,21 +259,11 @@ def _odc_load(
     )
 
 
-def replace_fuser(dst: np.ndarray, src: np.ndarray) -> None:
-    """odc-stac fuser for a frame read from one file: a plain copy.
-
-    odc-stac fills each chunk of a frame with nodata, reads every source of the frame into a new
-    array and copies it in where the chunk is still nodata. With `groupby="id"` and unique ids a
-    frame has one source, so the masked copy (a nodata mask over the chunk, then a masked copy: 4 %
-    of the load in a profile) gives exactly what a plain copy does."""
-    np.copyto(dst, src)
-
-
 def _fuser(items: Sequence[pystac.Item]) -> str | None:
-    """`replace_fuser`'s importable name when every frame has one source (unique item ids), else
-    None (odc-stac's nodata fuser)."""
+    """`cog_reader.copy_fuser` when every frame has one source (unique item ids), else None
+    (odc-stac's nodata fuser)."""
     unique = len({item.id for item in items}) == len(items)
-    return f"{__name__}.{replace_fuser.__name__}" if unique else None
+    return COPY_FUSER if unique else None
 
 
 def _row_chunks(rows: int | None, frames: int = DEFAULT_CHUNK_FRAMES) -> dict[str, int | Literal["auto"]] | None:
@@ -350,12 +342,29 @@ def bilinear_doubled(padded: np.ndarray) -> np.ndarray:
 
 
 def _complete_doubled(padded: np.ndarray) -> np.ndarray:
-    """`bilinear_doubled` of pixels that are all valid: every weight is 16, and (sum + 8) // 16 is
-    the sum's quotient rounded half up."""
-    values = _doubled_sixteenths(padded, np.uint32)  # below 16 x 65535
-    values += 8
-    values >>= 4
-    return values.astype(padded.dtype)
+    """`bilinear_doubled` of pixels that are all valid: every weight is 16, and (sum + 8) >> 4 is
+    the sum's quotient rounded half up. Computed a strip of `_STRIP_ROWS` rows of every frame at
+    a time, so that the uint32 sums stay in the CPU's cache: the whole block at once was
+    memory-bound, 2.5x slower (53 -> 21 ms for 16 x 256 x 512 px, `timeit`, 2026-12-05)."""
+    *lead, height, width = padded.shape
+    out = np.empty((*lead, 2 * (height - 2), 2 * (width - 2)), padded.dtype)
+    for start in range(0, height - 2, _STRIP_ROWS):
+        stop = min(start + _STRIP_ROWS, height - 2)
+        _complete_doubled_strip(padded[..., start : stop + 2, :], out[..., 2 * start : 2 * stop, :])
+    return out
+
+
+def _complete_doubled_strip(padded: np.ndarray, out: np.ndarray) -> None:
+    """`_complete_doubled` of one strip (its rim rows included) into `out`."""
+    rows = np.empty((*padded.shape[:-2], 2 * (padded.shape[-2] - 2), padded.shape[-1]), np.uint32)
+    _interleave(padded, rows, axis=-2)  # below 4 x 65535
+    width = padded.shape[-1]
+    centre = np.multiply(rows[..., 1 : width - 1], 3, dtype=np.uint32)
+    centre += 8  # the rounding, added once per pixel: below 16 x 65535 + 8 with a neighbour
+    total = np.empty_like(centre)
+    for side, neighbour in ((slice(0, None, 2), slice(0, width - 2)), (slice(1, None, 2), slice(2, width))):
+        np.add(centre, rows[..., neighbour], out=total)
+        np.right_shift(total, 4, out=out[..., side], casting="unsafe")
 
 
 def _doubled_with_nodata(padded: np.ndarray) -> np.ndarray:
