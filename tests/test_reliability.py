@@ -31,10 +31,9 @@ from aef_pipeline.store import tile_index, tile_region, written_tiles, zone_attr
 from aef_pipeline.testing import SyntheticCatalog, write_static_catalog
 from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
-from tests.sites import BOTH_YEARS, SMALL
+from tests.sites import BOTH_YEARS, SMALL, SMALL_ARGS
 
 PERIODS = (Period.year(2022),)
-SMALL_ARGS = [str(v) for v in (SMALL.west, SMALL.south, SMALL.east, SMALL.north)]
 
 
 @pytest.fixture(scope="module")

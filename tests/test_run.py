@@ -25,11 +25,9 @@ from aef_pipeline.testing.scenes import DEFAULT_SITE
 from aef_pipeline.testing.server import free_port
 from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
-from tests.sites import BOTH_YEARS, SMALL
+from tests.sites import BOTH_YEARS, SMALL, SMALL_ARGS
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
-# The cluster tests' area: a few windows of one tile (what they check does not grow with the area).
-SMALL_ARGS = [str(v) for v in (SMALL.west, SMALL.south, SMALL.east, SMALL.north)]
 
 
 def test_cli_run_on_a_local_cluster(
