@@ -56,6 +56,22 @@ def run_on_cluster(client: Client, request: RunRequest, submitter: Submitter | N
     return run(request, submit=(submitter or dask_submitter)(client))
 
 
+def on_local_cluster(workers: int, slots: int | None = None, submitter: Submitter | None = None) -> Submit:
+    """A submitter that starts a LocalCluster (`connect(None, workers, slots=slots)`) only when it
+    is handed tasks, and closes it when they are done: a run that its store refuses, or whose
+    tile-periods are all complete, starts no worker (starting one costs seconds: each imports torch).
+    Torch threads per task are decided from the workers' cores unless the request fixes them."""
+
+    def submit(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResult, None, None]:
+        if not tasks:
+            return
+        with connect(None, workers, slots=slots) as client:
+            request = fixed_threads(request, threads_per_worker(client))
+            yield from (submitter or dask_submitter)(client)(tasks, request)
+
+    return submit
+
+
 def threads_per_worker(client: Client) -> int:
     """The smallest share of its host's cores any worker has: the torch thread count every task of
     a run gets, wherever it lands or is retried.
@@ -189,6 +205,8 @@ def dask_submitter(client: Client, max_in_flight: int | None = None, progress: b
     gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
 
     def submit(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResult, None, None]:
+        if request.environment.torch_threads is None:  # run() handed this submitter directly
+            request = fixed_threads(request, threads_per_worker(client))
         client.register_plugin(ModelPlugin(request.model))
         pending = list(reversed(tasks))
         bar = tqdm(

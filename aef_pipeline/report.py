@@ -48,6 +48,9 @@ class TaskResult:
     """The full traceback of a failure that is a bug (not the package's own errors or an OSError)."""
     out_of_space: bool = False
     """The failure was a full disk or quota: every later write would fail too, so the run stops."""
+    torch_threads: int | None = None
+    """The torch threads the task computed with (they decide which kernels, and so the last bits
+    of the values): the request's `--threads`, or its worker's share of its host's cores."""
 
     @classmethod
     def of(cls, task: TileTask, status: TaskStatus = TaskStatus.DONE, **details: Any) -> TaskResult:

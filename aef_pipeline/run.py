@@ -31,7 +31,7 @@ from aef_pipeline.catalog import write_stac
 from aef_pipeline.encode import EncodeOptions, encode_cube, required_halo
 from aef_pipeline.environment import TaskEnvironment, applied, available_cores, release_free_memory
 from aef_pipeline.errors import AefError, AefWarning, StorageFullError, TileUnreadableError
-from aef_pipeline.grid import BBox
+from aef_pipeline.grid import BBox, TileId
 from aef_pipeline.load import load_kept_frames, report_read_failures, selection_hrefs
 from aef_pipeline.lock import store_lock
 from aef_pipeline.model import LoadedModel, ModelSpec, check_weights, load_model, load_spec, provenance_of
@@ -40,7 +40,16 @@ from aef_pipeline.preprocess import mask_policy
 from aef_pipeline.region import Region
 from aef_pipeline.report import RunReport, TaskResult, TaskStatus
 from aef_pipeline.search import CatalogConfig, SceneSelection, SceneSource, open_source, search_tile
-from aef_pipeline.store import StoreLayout, create_store, finalize, finished, write_tile
+from aef_pipeline.store import (
+    StoreLayout,
+    create_store,
+    finalize,
+    finished,
+    store_periods,
+    write_tile,
+    written_tiles,
+    zone_name,
+)
 
 # A full disk or an exhausted quota: the run cannot go on until someone frees space.
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -119,7 +128,6 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
     (records are written after their data, and zarr replaces chunk files atomically), the rest are
     redone by rerunning the same command once there is space."""
     started = time.perf_counter()
-    request = fixed_threads(request, available_cores())
     spec = load_spec(request.model)
     check_weights(spec)  # a bad checkpoint is refused before anything is written
     tasks = plan_tasks(request.area, request.periods, spec.core)
@@ -133,7 +141,10 @@ def run(request: RunRequest, submit: Submit | None = None) -> RunReport:
                 layout(request, spec),
                 overwrite=request.overwrite,
             )
-            collect((submit or in_process)(tasks, request.for_tasks()), report)
+            to_do = tasks_to_do(request.output, tasks)
+            keys = {t.key for t in to_do}
+            report.tasks += [TaskResult.of(t, TaskStatus.SKIPPED) for t in tasks if t.key not in keys]
+            collect((submit or in_process)(to_do, request.for_tasks()), report)
             finalize(request.output)
             write_stac(request.output)
         except (OSError, StorageFullError) as error:
@@ -158,6 +169,24 @@ def sources(request: RunRequest) -> tuple[str, ...]:
     return (Path(url).resolve().as_uri(),)
 
 
+def tasks_to_do(output: Path, tasks: list[TileTask]) -> list[TileTask]:
+    """The tasks whose window no completion record of the store covers: what a run still has to
+    do (a rerun skips the rest without handing them to a worker, or starting one). The records are
+    found by listing them per zone (store.written_tiles), and only those of written tiles are read:
+    a plan of millions of tasks costs a listing per zone, not a read per task."""
+    written: dict[str, set[tuple[Period, TileId]]] = {}
+    to_do = []
+    for task in tasks:
+        zone = zone_name(task.tile)
+        if zone not in written:
+            periods = store_periods(output, zone)
+            written[zone] = {(periods[i], t) for i, tiles in written_tiles(output, zone).items() for t in tiles}
+        done = (task.period, task.tile) in written[zone] and finished(output, task.tile, task.period, task.window)
+        if not done:
+            to_do.append(task)
+    return to_do
+
+
 def fixed_threads(request: RunRequest, cores: int) -> RunRequest:
     """The request with its tasks' torch thread count fixed (`cores` unless it already is), so that
     every task of the run, retries included, computes with the same kernels."""
@@ -170,6 +199,7 @@ def in_process(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResu
     """The default submitter: every task in turn, in this process, with the model built once."""
     if not tasks:
         return
+    request = fixed_threads(request, available_cores())
     context = TaskContext(load_model(request.model))
     for task in tasks:
         yield attempt_task(task, request, context)
@@ -210,7 +240,7 @@ def attempt_task(task: TileTask, request: RunRequest, context: TaskContext) -> T
 
 def process_task(task: TileTask, request: RunRequest, context: TaskContext) -> TaskResult:
     """One tile window and period, start to finish, in this process and the request's environment."""
-    result = TaskResult.of(task)
+    result = TaskResult.of(task, torch_threads=request.environment.torch_threads)
     if finished(request.output, task.tile, task.period, task.window):
         result.status = TaskStatus.SKIPPED
         return result

@@ -92,8 +92,8 @@ def write_fixtures(tmp: Path) -> dict[str, str]:
 @dataclass(frozen=True)
 class Case:
     """One mistake: the command line and the phrases its one-line error must all contain. Both may
-    hold placeholders: {tmp} (the test's folder), {out} (an output path in it), {stac} (the test
-    catalog's URL) and the names `write_fixtures` returns."""
+    hold placeholders: {tmp} (the folder of the input files), {out} (an output path in the test's
+    own folder), {stac} (the test catalog's URL) and the names `write_fixtures` returns."""
 
     name: str
     argv: tuple[str, ...]
@@ -329,12 +329,27 @@ def test_case_names_are_unique() -> None:
     assert len({case.name for case in CASES}) == len(CASES)
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The rows' input files, written once (two stores among them): every row checks it leaves
+    them as they were."""
+    folder = tmp_path_factory.mktemp("inputs")
+    return folder, write_fixtures(folder)
+
+
+def snapshot(*folders: Path) -> list[tuple[Path, int]]:
+    return sorted((p, p.stat().st_mtime_ns) for folder in folders for p in folder.rglob("*"))
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_bad_input(case: Case, tmp_path: Path, stac_api: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(
+    case: Case, inputs: tuple[Path, dict[str, str]], tmp_path: Path, stac_api: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, files = inputs
     out = tmp_path / "field.zarr"
-    paths = {**write_fixtures(tmp_path), "tmp": str(tmp_path), "out": str(out), "stac": stac_api}
+    paths = {**files, "tmp": str(folder), "out": str(out), "stac": stac_api}
     argv = [arg.format_map(paths) for arg in case.argv]
-    before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    before = snapshot(folder, tmp_path)
     with pytest.raises(SystemExit) as exited:
         raise SystemExit(main(argv))
     assert exited.value.code == 2
@@ -343,5 +358,5 @@ def test_bad_input(case: Case, tmp_path: Path, stac_api: str, capsys: pytest.Cap
     assert err[0].startswith("aef-pipeline: error: ")
     for phrase in case.phrases:
         assert phrase.format_map(paths) in err[0]
-    assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before  # nothing written or touched
+    assert snapshot(folder, tmp_path) == before  # nothing written or touched
     assert not Path(str(out) + ".lock").exists()

@@ -50,15 +50,18 @@ def add_commands(commands: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from aef_pipeline.cluster import connect, run_on_cluster
+    from aef_pipeline.cluster import connect, on_local_cluster, run_on_cluster
     from aef_pipeline.encode import check_device_name
     from aef_pipeline.model import load_spec
+    from aef_pipeline.run import run
 
     request = request_from(args)
     load_spec(request.model)  # an unknown model is a one-line error before anything starts
     check_device_name(request.device)
 
     def on_cluster() -> RunReport:
+        if not args.scheduler:  # started once the store has taken the run and there is work to do
+            return run(request, submit=on_local_cluster(args.workers, args.tasks_per_worker, args.submitter))
         with connect(args.scheduler, args.workers, slots=args.tasks_per_worker) as client:
             return run_on_cluster(client, request, args.submitter)
 
