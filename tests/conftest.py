@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from aef_pipeline.run import RunRequest, run
 from aef_pipeline.search import CatalogConfig
 from aef_pipeline.testing import CatalogSpec, SyntheticCatalog, build_catalog, serve_catalogs, write_static_catalog
+from aef_pipeline.testing.catalog import built_catalog
 from tests.sites import BOTH_YEARS, SMALL
 
 # ../shared beside the checkout holds real provider items to compare against.
 SHARED = Path(os.environ.get("AEF_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+def shared_catalog(tmp_path_factory: pytest.TempPathFactory, flavor: str) -> SyntheticCatalog:
+    """The default test bed of `flavor`, built once for the whole test session: the first pytest-xdist
+    worker to ask builds it (10 s) under a file lock, the others load what it saved. Tests only read
+    it (one that damages files works on a copy)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: one folder per worker
+    folder, items = shared / f"catalog-{flavor}", shared / f"catalog-{flavor}-items.json"
+    with FileLock(shared / f"catalog-{flavor}.lock"):
+        if not items.exists():
+            items.write_text(json.dumps(list(build_catalog(folder, flavor, CatalogSpec()).items)))
+        return built_catalog(folder, flavor, CatalogSpec(), json.loads(items.read_text()))
+
+
 @pytest.fixture(scope="session")
 def earth_search_catalog(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
-    return build_catalog(tmp_path_factory.mktemp("es"), "earth-search", CatalogSpec())
+    return shared_catalog(tmp_path_factory, "earth-search")
 
 
 @pytest.fixture(scope="session")
 def planetary_computer_catalog(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
-    return build_catalog(tmp_path_factory.mktemp("pc"), "planetary-computer", CatalogSpec())
+    return shared_catalog(tmp_path_factory, "planetary-computer")
 
 
 @pytest.fixture(scope="session")
 def legacy_earth_search_catalog(tmp_path_factory: pytest.TempPathFactory) -> SyntheticCatalog:
-    return build_catalog(tmp_path_factory.mktemp("es-legacy"), "earth-search-legacy", CatalogSpec())
+    return shared_catalog(tmp_path_factory, "earth-search-legacy")
 
 
 @pytest.fixture(scope="session", params=["earth-search", "planetary-computer", "earth-search-legacy"])

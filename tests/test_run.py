@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,6 +56,21 @@ def test_cli_run_on_a_local_cluster(
     assert np.isnan(vectors[~observed]).all()
     assert main(["info", str(out)]) == 0
     assert "tile-periods written 2/2" in capsys.readouterr().out
+
+
+def test_a_rerun_of_a_finished_store_starts_no_cluster(
+    tmp_path: Path, clean_two_years: Path, static_catalog: CatalogConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "field.zarr"
+    shutil.copytree(clean_two_years, out)
+
+    def no_cluster(client: object) -> None:
+        raise AssertionError("a cluster was started for a run with nothing to do")
+
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--years", "2021-2022", "--out", str(out)]
+    assert main([*argv, "--device", "cpu"], submitter=no_cluster) == 0  # type: ignore[arg-type]
+    assert "0 tile-periods done, 0 without scenes, 2 already complete, 0 failed" in capsys.readouterr().out
+    assert_same_stores(clean_two_years, out)
 
 
 @pytest.fixture(scope="module")

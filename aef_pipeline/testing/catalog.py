@@ -74,8 +74,19 @@ def build_catalog(
             items = list(pool.map(_build_item, jobs))
     else:
         items = [_build_item(job) for job in jobs]
-    collection = make_collection(chosen, items)
-    return SyntheticCatalog(root, chosen, spec, collection, tuple(items), tuple(scenes))
+    return built_catalog(root, flavor, spec, items)
+
+
+def built_catalog(
+    directory: str | os.PathLike[str], flavor: str, spec: CatalogSpec, items: list[JsonDict]
+) -> SyntheticCatalog:
+    """What `build_catalog(directory, flavor, spec)` returned, from the items it made: for a process
+    that reuses a catalog another built (its files and items are all it needs)."""
+    chosen = FLAVORS[flavor]
+    scenes = plan_scenes(spec, chosen.reprocessed_archive, chosen.removes_offset)
+    return SyntheticCatalog(
+        Path(directory).resolve(), chosen, spec, make_collection(chosen, items), tuple(items), tuple(scenes)
+    )
 
 
 def _build_item(job: tuple[Path, str, Scene]) -> JsonDict:
@@ -256,5 +267,9 @@ def _relative(href: str, start: Path) -> str:
 
 
 def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    # Through a file of its own and a rename: processes that share a test bed (pytest-xdist workers)
+    # may rewrite its static catalog while another reads it, and must never see half a file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=1, ensure_ascii=False))
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(value, indent=1, ensure_ascii=False))
+    partial.replace(path)
