@@ -26,25 +26,23 @@ from aef_pipeline.testing.scenes import DEFAULT_SITE
 from aef_pipeline.testing.server import free_port
 from aef_pipeline.testing.stores import assert_same_stores
 from aef_pipeline.verify import verify_store
-from tests.sites import BOTH_YEARS, SMALL, SMALL_ARGS
+from tests.sites import SMALL, SMALL_ARGS
 
 SITE = ["15.057", "46.194", "15.073", "46.206"]
 
 
 def test_cli_run_on_a_local_cluster(
-    tmp_path: Path, stac_api: str, earth_search_catalog: SyntheticCatalog, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, static_catalog: CatalogConfig, clean_two_years: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One worker running both tasks side by side (they take turns on its encoder while the other
     reads) gives the store that one task after another in this process gives."""
     out = tmp_path / "field.zarr"
-    argv = ["run", "--stac", stac_api, "--bbox", *SMALL_ARGS]
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS]
     argv += ["--years", "2021-2022", "--out", str(out), "--device", "cpu", "--workers", "1", "--tasks-per-worker", "2"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 tile-periods done" in printed
-    alone = tmp_path / "alone.zarr"
-    run(RunRequest(SMALL, BOTH_YEARS, alone, CatalogConfig(stac_api), device="cpu"))
-    assert_same_stores(alone, out)
+    assert_same_stores(clean_two_years, out)
     ds = aef_pipeline.open_embeddings(out, bbox=SMALL)  # the area, not the whole tile
     assert [str(t)[:4] for t in ds.time.values] == ["2021", "2022"]
     assert ds.rio.crs.to_epsg() == 32633
@@ -198,14 +196,14 @@ def external_scheduler(tmp_path: Path) -> Iterator[str]:
 
 
 def test_an_external_scheduler_gives_the_same_store(
-    tmp_path: Path, stac_api: str, external_scheduler: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, static_catalog: CatalogConfig, clean_two_years: Path, external_scheduler: str
 ) -> None:
-    common = ["--stac", stac_api, "--bbox", *SMALL_ARGS, "--years", "2022", "--device", "cpu"]
-    assert main(["run", *common, "--out", str(tmp_path / "local.zarr"), "--workers", "2"]) == 0
+    """Two workers of a scheduler started apart, a task each: the store a run in this process gives."""
+    argv = ["run", "--stac", static_catalog.url, "--bbox", *SMALL_ARGS, "--years", "2021-2022", "--device", "cpu"]
     with Client(external_scheduler, timeout="30s") as client:  # type: ignore[no-untyped-call]
         client.wait_for_workers(2, timeout=60)
-    assert main(["run", *common, "--out", str(tmp_path / "remote.zarr"), "--scheduler", external_scheduler]) == 0
-    assert_same_stores(tmp_path / "local.zarr", tmp_path / "remote.zarr")
+    assert main([*argv, "--out", str(tmp_path / "remote.zarr"), "--scheduler", external_scheduler]) == 0
+    assert_same_stores(clean_two_years, tmp_path / "remote.zarr")
 
 
 def test_a_bbox_across_a_zone_edge_writes_both_zone_groups(tmp_path: Path) -> None:
