@@ -17,7 +17,8 @@ rounding, by shape (measured: a window alone vs in a batch of 8 differed by 1.5e
 for their bucket's batch across window rows, so only the last batch of each bucket in a cube is
 filled up with masked dummy windows (0.2 % of the windows of a 1,008 px `tiny` task). Within a
 shape, the model computes each window alike whatever its place in the batch and the thread count
-(tests/test_encoder.py checks every place, 1 and 2 threads, and the AVX2 kernels), so how tasks
+(its linear layers multiply each window's rows on their own: `model.stp.WindowLinear`;
+tests/test_encoder.py checks every place, 1 and 2 threads, and the AVX2 kernels), so how tasks
 split an area never changes a value.
 """
 

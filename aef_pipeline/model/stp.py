@@ -146,7 +146,7 @@ class STPBlock(nn.Module):
         tokens = spec.window // COARSEST_FACTOR
         self.space = TransformerBlock(s, spec.space_heads, spec.mlp_ratio, grid=(tokens, tokens))
         self.time = TransformerBlock(t, spec.time_heads, spec.mlp_ratio, masked=True)
-        self.time_code = nn.Linear(2 * spec.timecode.frequencies, t)
+        self.time_code = WindowLinear(2 * spec.timecode.frequencies, t)
         self.precision = ConvBlock(p)
         self.p_to_t = Rescale(p, t, 4, down=True, gain=EXCHANGE_GAIN)
         self.p_to_s = Rescale(p, s, 8, down=True, gain=EXCHANGE_GAIN)
@@ -164,7 +164,9 @@ class STPBlock(nn.Module):
         frame_code: torch.Tensor,
         batch: tuple[int, int],
     ) -> States:
-        space = space + self.space(_tokens(space), key_valid=None).transpose(1, 2).reshape(space.shape)
+        space = space + self.space(_tokens(space), key_valid=None, windows=batch[0]).transpose(1, 2).reshape(
+            space.shape
+        )
         time = time + self._time_operator(time, valid, frame_code, batch)
         precision = precision + self.precision(precision)
         return (
@@ -182,8 +184,30 @@ class STPBlock(nn.Module):
         # One sequence over frames per (window, location).
         sequences = conditioned.permute(0, 3, 4, 1, 2).reshape(b * h * w, n, width)
         key_valid = valid.permute(0, 2, 3, 1).reshape(b * h * w, n)
-        out: torch.Tensor = self.time(sequences, key_valid=key_valid)
+        out: torch.Tensor = self.time(sequences, key_valid=key_valid, windows=b)
         return out.reshape(b, h, w, n, width).permute(0, 3, 4, 1, 2).reshape(b * n, width, h, w)
+
+
+class WindowLinear(nn.Linear):
+    """nn.Linear over an input whose first dimension is the window (B, ..., in): each window's rows
+    are multiplied as a matrix of their own (a batched product, the weight shared), so a row's
+    result does not depend on where its window sits in the batch.
+
+    One product over all rows of a batch does not promise that: BLAS kernels block the rows, and
+    rows in another block or in the tail get another summation order. Measured with torch 2.13's
+    MKL on its AVX2 kernels (an Intel AVX-512 CPU, MKL_ENABLE_INSTRUCTIONS=AVX2): a 1,024 x 32
+    input times a 32 x 32 weight computed rows 942-943 and 1,022-1,023 differently from the same
+    rows elsewhere, so a window's embedding moved by 2e-7 with its place in the batch; the native
+    AVX-512 kernels and AMD's AVX2 did not show it. The parameters are nn.Linear's (same names,
+    same initialisation), so weights files are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        windows, width = x.shape[0], x.shape[-1]
+        rows = x.reshape(windows, -1, width)
+        weight = self.weight.t().expand(windows, width, self.out_features)
+        out = torch.bmm(rows, weight) if self.bias is None else torch.baddbmm(self.bias, rows, weight)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 class TransformerBlock(nn.Module):
@@ -205,26 +229,31 @@ class TransformerBlock(nn.Module):
         assert not (masked and grid), "a position bias with masked keys (and a null key) is not implemented"
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
+        self.qkv = WindowLinear(width, 3 * width)
+        self.out = WindowLinear(width, width)
         # Key and value always attendable; only where keys are masked (an unused parameter would
         # never get a gradient, which distributed data parallel training refuses).
         self.null = nn.Parameter(torch.zeros(2, width)) if masked else None
-        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+        self.mlp = nn.Sequential(
+            WindowLinear(width, mlp_ratio * width), nn.GELU(), WindowLinear(mlp_ratio * width, width)
+        )
         self.position_bias = None
         self.register_buffer("position_index", None, persistent=False)
         if grid:
             self.position_bias = nn.Parameter(torch.zeros((2 * grid[0] - 1) * (2 * grid[1] - 1), heads))
             self.position_index = relative_position_index(grid)  # derived from the grid: not saved
 
-    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
-        attended = self._attend(self.norm1(x), key_valid)
-        increment: torch.Tensor = attended + self.mlp(self.norm2(x + attended))
+    def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None, windows: int) -> torch.Tensor:
+        """x (N, length, width): N sequences, those of each of `windows` windows one after another."""
+        attended = self._attend(self.norm1(x), key_valid, windows)
+        increment: torch.Tensor = attended + self.mlp(
+            self.norm2(x + attended).reshape(windows, -1, x.shape[-1])
+        ).reshape(x.shape)
         return increment
 
-    def _attend(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
+    def _attend(self, x: torch.Tensor, key_valid: torch.Tensor | None, windows: int) -> torch.Tensor:
         n, length, width = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self.qkv(x.reshape(windows, -1, width)).reshape(n, length, 3 * width).chunk(3, dim=-1)
         mask = None
         if key_valid is not None:
             assert self.null is not None, "key_valid given to an unmasked TransformerBlock"
@@ -235,8 +264,8 @@ class TransformerBlock(nn.Module):
         q, k, v = (_split_heads(z, self.heads) for z in (q, k, v))
         bias = self._attention_bias(q.dtype)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask if bias is None else bias)
-        out: torch.Tensor = self.out(attended.transpose(1, 2).reshape(n, length, width))
-        return out
+        out: torch.Tensor = self.out(attended.transpose(1, 2).reshape(windows, -1, width))
+        return out.reshape(n, length, width)
 
     def _attention_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """(heads, h*w, h*w): what each query adds to its score for each key, or None without a grid."""
@@ -367,12 +396,12 @@ class PeriodPooling(nn.Module):
     def __init__(self, width: int, code: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.query = nn.Sequential(nn.Linear(2 * code, width), nn.GELU(), nn.Linear(width, width))
-        self.key_code = nn.Linear(code, width)
+        self.query = nn.Sequential(WindowLinear(2 * code, width), nn.GELU(), WindowLinear(width, width))
+        self.key_code = WindowLinear(code, width)
         self.norm = nn.LayerNorm(width)
-        self.key, self.value = nn.Linear(width, width), nn.Linear(width, width)
+        self.key, self.value = WindowLinear(width, width), WindowLinear(width, width)
         self.null = nn.Parameter(torch.zeros(2, width))
-        self.out = nn.Linear(width, width)
+        self.out = WindowLinear(width, width)
 
     def forward(
         self,
