@@ -195,11 +195,17 @@ def _check_listening(address: str) -> None:
             pass
 
 
-def dask_submitter(client: Client, max_in_flight: int | None = None, progress: bool = True) -> Submit:
+def dask_submitter(
+    client: Client,
+    max_in_flight: int | None = None,
+    progress: bool = True,
+    plugin: Callable[[str], ModelPlugin] = ModelPlugin,
+) -> Submit:
     """Submit one future per task with an explicit key, at most `max_in_flight` at a time (default:
     two per worker), and yield results as they complete, with a progress bar in pixels. Closing
     the generator early (the run stopped) cancels the tasks still queued or running. The workers
-    build the request's model once each (ModelPlugin) before its first task."""
+    build the request's model once each (`plugin`, ModelPlugin or a subclass: the benchmarks'
+    seam) before its first task."""
     workers = client.scheduler_info().get("workers", {})
     limit = max_in_flight or 2 * max(1, len(workers))
     gpu = any(w.get("resources", {}).get("GPU") for w in workers.values())
@@ -207,7 +213,7 @@ def dask_submitter(client: Client, max_in_flight: int | None = None, progress: b
     def submit(tasks: list[TileTask], request: RunRequest) -> Generator[TaskResult, None, None]:
         if request.environment.torch_threads is None:  # run() handed this submitter directly
             request = fixed_threads(request, threads_per_worker(client))
-        client.register_plugin(ModelPlugin(request.model))
+        client.register_plugin(plugin(request.model))
         pending = list(reversed(tasks))
         bar = tqdm(
             total=sum(t.pixels for t in tasks), unit="px", unit_scale=True, disable=not progress, desc="embedding"

@@ -19,7 +19,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Generator
-from contextlib import closing, suppress
+from contextlib import AbstractContextManager, closing, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ class TaskContext:
 
     model: LoadedModel
     sources: dict[CatalogConfig, SceneSource] = field(default_factory=dict)
-    encoder_turn: threading.Lock = field(default_factory=threading.Lock)
+    encoder_turn: AbstractContextManager[Any] = field(default_factory=threading.Lock)
     """Held around each forward pass: tasks running side by side in this process (two per GPU)
     take turns on the encoder, one task's pass running while the other searches, reads, prepares
     its windows and writes (encode.encode_cube)."""
@@ -274,7 +274,7 @@ def load_and_encode(
     model: LoadedModel,
     selection: SceneSelection,
     result: TaskResult,
-    turn: threading.Lock | None = None,
+    turn: AbstractContextManager[Any] | None = None,
 ) -> xr.Dataset:
     """The task's embeddings. The cube stays lazy: encode_cube reads it one row of windows at a
     time, so a task's memory is a row block (L rows x the window's width x frames x bands) plus the
