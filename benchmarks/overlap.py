@@ -1,6 +1,6 @@
 """Figure 8: overlap of loading and encoding across the tasks of a run, as on a GPU node.
 
-    python -m benchmarks.overlap [--tasks 4] [--slots 2] [--read-ahead 1] [--read-threads 1]
+    python -m benchmarks.overlap [--tasks 4] [--slots 2] [--read-ahead 1] [--read-threads 1] [--no-stand-in]
     python -m benchmarks.overlap --device cuda --spec paper --read-threads 8   # on a GPU node
 
 On a GPU node the encoder is one device and the node's CPU cores load; a run keeps the device
