@@ -43,7 +43,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +81,18 @@ def overlap_figure(
         cubes, load_s = _load_alone(tasks, request, read_threads)
         print(f"load alone: {load_s:.1f} s", flush=True)
         encode_s, encode_busy_s = _encode_alone(tasks, cubes, request, slots, cores)
-        print(f"encode alone: {encode_s:.1f} s (encode/load {encode_s / load_s:.2f}){_busy(encode_busy_s)}", flush=True)
+        print(
+            f"encode alone: {encode_s:.1f} s (encode/load {encode_s / load_s:.2f}), {_busy(encode_busy_s)}", flush=True
+        )
         del cubes
         end_to_end_s, busy_s = _end_to_end(request, slots, read_ahead, read_threads, cores)
-        print(f"end to end: {end_to_end_s:.1f} s{_busy(busy_s)}", flush=True)
+        print(f"end to end: {end_to_end_s:.1f} s, {_busy(busy_s)} ({busy_s / end_to_end_s:.0%})", flush=True)
         sequential_s, _ = _end_to_end(request, 1, 0, read_threads, cores)  # the pipeline before overlapping
     slower = max(load_s, encode_s)
     where = f"device core {sorted(cores.device)}, host cores {sorted(cores.host)}" if cores else request.device
-    busy = f"; stand-in device busy {encode_busy_s:.1f} s encoding alone, {busy_s:.1f} s end to end" if busy_s else ""
+    busy = (
+        f"; encoder busy {encode_busy_s:.1f} s encoding alone, {busy_s:.1f} s end to end ({busy_s / end_to_end_s:.0%})"
+    )
     return Figure(
         8,
         "overlap: max(load alone, encode alone) / end to end",
@@ -115,8 +119,8 @@ def overlap_figure(
     )
 
 
-def _busy(seconds: float | None) -> str:
-    return "" if seconds is None else f", stand-in device busy {seconds:.1f} s"
+def _busy(seconds: float) -> str:
+    return f"encoder busy {seconds:.1f} s"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,41 +139,45 @@ class StandInCores:
         return cls(frozenset(cores[:-1]), frozenset(cores[-1:]))
 
 
-class DeviceCoreTurn:
-    """The encoder's turn (TaskContext.encoder_turn) on a stand-in device: a lock whose holder runs
-    on the device core while it holds it, and on the host cores otherwise. Linux sets a thread's
-    affinity alone (pid 0 is the calling thread), so the other threads of the process stay put."""
+class TimedTurn:
+    """The encoder's turn (TaskContext.encoder_turn), timed: `busy_s` is the seconds it was held,
+    the device's busy time (a forward pass ends with its output copied to the host, so on a GPU
+    the pass has finished when the turn is released). With stand-in `cores`, its holder runs on
+    the device core while it holds it and on the host cores otherwise (Linux sets a thread's
+    affinity alone: pid 0 is the calling thread, the process's other threads stay put)."""
 
-    def __init__(self, cores: StandInCores) -> None:
+    def __init__(self, cores: StandInCores | None = None) -> None:
         self.cores = cores
         self.busy_s = 0.0
-        """Seconds the turn was held: the stand-in device's busy time."""
         self._lock = threading.Lock()
         self._since = 0.0
 
     def __enter__(self) -> None:
         self._lock.acquire()
-        os.sched_setaffinity(0, self.cores.device)
+        if self.cores:
+            os.sched_setaffinity(0, self.cores.device)
         self._since = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:
         self.busy_s += time.perf_counter() - self._since
-        os.sched_setaffinity(0, self.cores.host)
+        if self.cores:
+            os.sched_setaffinity(0, self.cores.host)
         self._lock.release()
 
 
-class DeviceCorePlugin(ModelPlugin):
-    """The worker's model (ModelPlugin), its tasks taking turns on the stand-in device core. The
-    worker process starts on the host cores: it inherits them from the pinned benchmark process."""
+class TimedTurnPlugin(ModelPlugin):
+    """The worker's model (ModelPlugin), its tasks taking turns on a TimedTurn. With stand-in
+    cores, the worker process starts on the host cores: it inherits them from the pinned
+    benchmark process."""
 
-    def __init__(self, model: str, cores: StandInCores) -> None:
+    def __init__(self, model: str, cores: StandInCores | None) -> None:
         super().__init__(model)
         self.cores = cores
 
     def setup(self, worker: Any) -> None:
         super().setup(worker)
         assert self.context is not None, "ModelPlugin.setup builds the context"
-        self.context.encoder_turn = DeviceCoreTurn(self.cores)
+        self.context.encoder_turn = TimedTurn(self.cores)
 
 
 @contextmanager
@@ -218,13 +226,13 @@ def _load_alone(tasks: list[TileTask], request: RunRequest, threads: int) -> tup
 
 def _encode_alone(
     tasks: list[TileTask], cubes: list[xr.Dataset], request: RunRequest, slots: int, cores: StandInCores | None
-) -> tuple[float, float | None]:
+) -> tuple[float, float]:
     """The cubes encoded as the run's worker encodes them: `slots` tasks at a time, one torch
     thread each, taking turns on the model one forward pass at a time (run.TaskContext), so one
     task prepares its windows while the other's pass runs, as in the end-to-end run."""
     loaded = load_model(request.model)
     options = EncodeOptions(device=request.device, batch_size=request.batch_size)
-    turn: AbstractContextManager[Any] = DeviceCoreTurn(cores) if cores else threading.Lock()
+    turn = TimedTurn(cores)
 
     def encode(task: TileTask, cube: xr.Dataset) -> None:
         before = torch.get_num_threads()
@@ -239,33 +247,34 @@ def _encode_alone(
     start = time.perf_counter()
     with ThreadPoolExecutor(slots) as pool:
         list(pool.map(encode, tasks, cubes))
-    return time.perf_counter() - start, turn.busy_s if isinstance(turn, DeviceCoreTurn) else None
+    return time.perf_counter() - start, turn.busy_s
 
 
 def _end_to_end(
     request: RunRequest, slots: int, read_ahead: int, read_threads: int, cores: StandInCores | None
-) -> tuple[float, float | None]:
-    """Seconds end to end, and the stand-in device's busy seconds (None without it)."""
+) -> tuple[float, float]:
+    """Seconds end to end, and the encoder's busy seconds (its worker's TimedTurn)."""
     environment = TaskEnvironment(torch_threads=1, read_threads=read_threads, read_ahead=read_ahead)
     request = dataclasses.replace(request, environment=environment, overwrite=True)
-    plugin = functools.partial(DeviceCorePlugin, cores=cores) if cores else ModelPlugin
+    plugin = functools.partial(TimedTurnPlugin, cores=cores)
     with connect(None, workers=1, slots=slots) as client:
         client.run(warnings.simplefilter, "ignore")
         start = time.perf_counter()
         submit = dask_submitter(client, max_in_flight=len(request.periods) * 8, progress=False, plugin=plugin)
         report = run(request, submit=submit)
         seconds = time.perf_counter() - start
-        busy: dict[str, float | None] = client.run(_device_busy_s)
+        busy: dict[str, float] = client.run(_encoder_busy_s)
     if any(task.status != "done" for task in report.tasks):
         raise RuntimeError(f"benchmark run did not complete: {report.summary()}")
     print(f"  {slots} slot(s), tasks' seconds: {[task.seconds for task in report.tasks]}", flush=True)
     return seconds, next(iter(busy.values()))
 
 
-def _device_busy_s(dask_worker: Any) -> float | None:
-    """In a worker (client.run): its stand-in device's busy seconds (None on a real device)."""
+def _encoder_busy_s(dask_worker: Any) -> float:
+    """In a worker (client.run): the seconds its encoder's turn was held."""
     turn = dask_worker.plugins[PLUGIN_NAME].context.encoder_turn
-    return turn.busy_s if isinstance(turn, DeviceCoreTurn) else None
+    assert isinstance(turn, TimedTurn), "the benchmark registers TimedTurnPlugin"
+    return turn.busy_s
 
 
 def main() -> None:
