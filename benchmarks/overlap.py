@@ -8,8 +8,9 @@ busy only if the next tile-period is searched and read while the current one enc
 machine has no GPU, so one CPU core stands in for the device and the others for the node's CPU
 (`--stand-in`, the default on a CPU): every thread of the benchmark, its cluster and workers runs
 on the host cores, and a thread holding the encoder's turn (TaskContext.encoder_turn: one forward
-pass, its batch assembly and copy back) moves to the device core for the pass and back after it,
-as a GPU runs the passes and nothing else. Each stage is given the cores it has end to end:
+pass with its copies to and from the device; the batch is stacked before) moves to the device
+core for the pass and back after it, as a GPU runs the passes and nothing else. Each stage is
+given the cores it has end to end:
 
 - load alone: the tasks' cubes searched and read into memory one after another, one read thread,
   on the host cores;
@@ -86,13 +87,12 @@ def overlap_figure(
         )
         del cubes
         end_to_end_s, busy_s = _end_to_end(request, slots, read_ahead, read_threads, cores)
-        print(f"end to end: {end_to_end_s:.1f} s, {_busy(busy_s)} ({busy_s / end_to_end_s:.0%})", flush=True)
+        busy_share = f"{busy_s / end_to_end_s:.0%}"
+        print(f"end to end: {end_to_end_s:.1f} s, {_busy(busy_s)} ({busy_share})", flush=True)
         sequential_s, _ = _end_to_end(request, 1, 0, read_threads, cores)  # the pipeline before overlapping
     slower = max(load_s, encode_s)
     where = f"device core {sorted(cores.device)}, host cores {sorted(cores.host)}" if cores else request.device
-    busy = (
-        f"; encoder busy {encode_busy_s:.1f} s encoding alone, {busy_s:.1f} s end to end ({busy_s / end_to_end_s:.0%})"
-    )
+    busy = f"; {_busy(encode_busy_s)} encoding alone, {busy_s:.1f} s end to end ({busy_share})"
     return Figure(
         8,
         "overlap: max(load alone, encode alone) / end to end",
