@@ -21,7 +21,7 @@ from odc.loader._rio import RioDriver, RioReader
 from aef_pipeline.grid import BBox, TileId, tiles_for_bbox
 from aef_pipeline.load import ReadFailureWarning, load_kept_frames, load_selection, report_read_failures
 from aef_pipeline.plan import Period
-from aef_pipeline.preprocess import MaskPolicy, preprocess
+from aef_pipeline.preprocess import MaskPolicy, fuse_overpasses, masked_classes, preprocess
 from aef_pipeline.search import CatalogConfig, SceneSelection, open_source, search_tile
 from aef_pipeline.testing import (
     CatalogSpec,
@@ -124,6 +124,44 @@ def test_frames_one_per_overpass_timestamps_exact(stac_api: str, catalog: Synthe
     assert cube.reflectance.dims == ("time", "band", "y", "x")
     assert list(cube.band.values) == list(BANDS)
     assert cube.reflectance.dtype == np.float32
+
+
+def test_fused_frames_in_time_order_first_valid_wins_and_kept_ones_only() -> None:
+    """Products out of time order, one overpass in two products: fused in time order, the first
+    product's valid pixels winning, then only the kept frames, lazily as eagerly."""
+    times = np.array(["2021-03-01", "2021-01-01", "2021-02-01", "2021-01-01"], "datetime64[us]")
+    acquisitions = ["march", "january", "february", "january"]
+    rng = np.random.default_rng(0)
+    values = rng.random((4, 2, 3, 3), dtype=np.float32)
+    valid = rng.random((4, 3, 3)) > 0.4
+    reflectance = xr.DataArray(np.where(valid[:, None], values, np.nan), dims=("time", "band", "y", "x"))
+    reflectance, valid_array = (
+        a.assign_coords(time=times) for a in (reflectance, xr.DataArray(valid, dims=("time", "y", "x")))
+    )
+    january = np.where(valid[1][None], values[1], values[3])  # the first product where valid, else the second
+    for chunks in (None, {"time": 2}):
+        r, v = (reflectance, valid_array) if chunks is None else (reflectance.chunk(chunks), valid_array.chunk(chunks))
+        fused, fused_valid = fuse_overpasses(r, v, acquisitions)
+        assert list(fused.acquisition.values) == ["january", "february", "march"]
+        np.testing.assert_array_equal(fused.time.values, times[[1, 2, 0]])
+        np.testing.assert_array_equal(
+            np.nan_to_num(fused.values[0]), np.nan_to_num(np.where(valid[1][None] | valid[3][None], january, np.nan))
+        )
+        np.testing.assert_array_equal(fused_valid.values[0], valid[1] | valid[3])
+        kept, kept_valid = fuse_overpasses(r, v, acquisitions, np.array([True, False, True]))
+        xr.testing.assert_identical(kept.compute(), fused.isel(time=[0, 2]).compute())
+        xr.testing.assert_identical(kept_valid.compute(), fused_valid.isel(time=[0, 2]).compute())
+        none, _ = fuse_overpasses(r, v, acquisitions, np.zeros(3, bool))
+        assert none.sizes["time"] == 0
+
+
+def test_masked_classes_equal_isin_for_every_code() -> None:
+    codes = xr.DataArray(np.arange(256, dtype=np.uint8).reshape(16, 16), dims=("y", "x"))
+    for policy in (MaskPolicy(), MaskPolicy(frozenset({0}))):
+        expected = codes.isin(sorted(policy.invalid_scl))
+        xr.testing.assert_identical(masked_classes(codes, policy), expected)
+        xr.testing.assert_identical(masked_classes(codes.chunk({"y": 4}), policy).compute(), expected)
+        xr.testing.assert_identical(masked_classes(codes.astype(np.int16), policy), expected)  # not uint8: isin
 
 
 class _RecordingReader(RioDriver):
